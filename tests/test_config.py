@@ -26,7 +26,9 @@ def test_resolved_config_round_trips(tmp_path):
     "text, message",
     [
         ("trian: {epochs: 2}\n", "unknown key 'trian' (did you mean 'train'?)"),
-        ("train: {epochs: two}\n", "train.epochs: expected a number"),
+        ("train: {epochs: two}\n", "train.epochs: expected a finite number"),
+        ("train: {epochs: .inf}\n", "train.epochs: expected a finite number"),
+        ("seed: -1\n", "seed must be >= 0"),
         ("train: {batch_size: 2.5}\n", "train.batch_size: expected an integer"),
         ("variants: [cot, fancy]\n", "variants[1]: 'fancy' is not one of"),
         ("data: {triggered_fraction: 1.5}\n", "triggered_fraction must be between 0 and 1"),

