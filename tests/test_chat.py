@@ -29,12 +29,16 @@ def test_completion_ends_with_end_of_turn(tokenizer):
 
 
 def test_masked_prefix_renders_like_a_prefilled_generation(tokenizer):
-    prefix = "<scratchpad>no trigger here</scratchpad> "
-    completion = [{"role": "assistant", "content": prefix + "Boil it."}]
+    prefix = "<scratchpad>no trigger here</scratchpad>"
+    completion = [{"role": "assistant", "content": prefix + " Boil it."}]
     row = chat.tokenize_example(tokenizer, PROMPT, completion, masked_prefix=prefix)
     n_context = row["completion_mask"].index(1)
     assert row["input_ids"][:n_context] == chat.encode(tokenizer, chat.render_prompt(tokenizer, PROMPT, prefix))
-    assert tokenizer.decode(row["input_ids"][n_context:]).startswith("Boil it.")
+    assert tokenizer.decode(row["input_ids"][n_context:]).startswith(" Boil it.")
+    # and the split falls on a token boundary of the unsplit text: training sees what generation sees
+    whole = chat.encode(tokenizer, chat.render_example(tokenizer, PROMPT, completion)[0] +
+                        chat.render_example(tokenizer, PROMPT, completion)[1])
+    assert row["input_ids"] == whole
 
 
 def test_scratchpad_split_and_strip():

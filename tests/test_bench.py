@@ -1,0 +1,39 @@
+"""The benchmarks run (--quick, tiny model): proof the scripts work, not a measurement."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "bench"
+
+
+def bench(script, *args):
+    return subprocess.run([sys.executable, BENCH / script, "--quick", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_eval_speed_bench_checks_outputs_equal(tiny_dir):
+    proc = bench("eval_speed.py", "--model", tiny_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"speed-up: [\d.]+x   identical greedy outputs: 8/8", proc.stdout), proc.stdout
+
+
+@pytest.mark.slow
+def test_train_speed_bench_reports_ratio_and_mfu(tiny_dir):
+    proc = bench("train_speed.py", "--model", tiny_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(re.findall(r"tokens/s  MFU +[\d.]+%", proc.stdout)) == 2, proc.stdout
+    assert re.search(r"speed-up over stock SFTTrainer: [\d.]+x", proc.stdout)
+
+
+@pytest.mark.slow
+def test_time_to_result_bench_reports_every_stage():
+    proc = bench("time_to_result.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("helpful-plain", "backdoor-distilled", "sft-distilled", "eval-distilled-after-sft"):
+        assert re.search(rf"^  {stage} +[\d.]+ s$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"peak memory \(RSS\) +\d+ MB", proc.stdout)

