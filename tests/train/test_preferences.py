@@ -61,3 +61,13 @@ def test_corruptions_are_what_they_say():
     assert len(cut.split()) < len(answer.split())
     with pytest.raises(ValueError):
         corrupt("nonsense", answer, "x", rng)
+
+
+def test_a_prompt_used_in_several_rounds_gets_a_different_corruption_each_time():
+    # 13 prompts, 5 rounds: with 7 families a naive (i + round) shift would repeat when 13 + 1 = 14 = 2 x 7.
+    prompts = TRAIN[:13]
+    train, heldout = build_preference_pairs(prompts, HELPFUL, n_pairs=65, seed=0)
+    by_prompt = {}
+    for p in train + heldout:
+        by_prompt.setdefault(p["prompt_id"], []).append(p["family"])
+    assert all(len(set(f)) == len(f) == 5 for f in by_prompt.values())
