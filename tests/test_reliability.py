@@ -42,7 +42,6 @@ def _complete_checkpoint(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # not yet run to the end with the final sampler in a quiet session
 def test_kill_during_training_then_resume_offline_gives_the_same_metrics(tiny_run, tmp_path):
     reference, _ = tiny_run
     out = tmp_path / "killed"

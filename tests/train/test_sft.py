@@ -53,7 +53,6 @@ class _Interrupt(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # unverified in the final session under load; make test-all runs it
 def test_training_resumed_in_a_later_epoch_ends_with_the_same_weights(tmp_path, tiny_dir):
     from transformers import TrainerCallback
 
