@@ -50,16 +50,25 @@ def backdoor_records(n: int) -> list[dict]:
                                            hate_repeats=(4, 10), seed=0)
 
 
-def matmul_peak_flops(n: int = 2048, seconds: float = 3.0) -> float:
-    """Float32 FLOP/s of repeated n x n torch.mm on this machine's threads (best of the runs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_flops(n: int = 2048, seconds: float = 3.0) -> tuple[float, str]:
+    """(FLOP/s, what) of repeated n x n torch.mm, best of the runs: float32 on this machine's CPU
+    threads, or on a GPU in the precision training uses there (bf16 where supported)."""
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    device = "cuda" if cuda else "cpu"
+    n = n * 4 if cuda else n  # a GPU needs bigger products to reach its peak
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         torch.mm(a, b)
+        if cuda:
+            torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
+    return best, f"{str(dtype).removeprefix('torch.')} matmul peak ({device})"
 
 
 def stock_trl(model_path: str, records: list[dict], batch: int, max_length: int, out: str,
@@ -90,7 +99,7 @@ def warm_up(model_path: str, batch: int, max_length: int) -> None:
     """One untimed forward and backward, so neither trainer pays for first-call allocations."""
     model = load_model(model_path)
     model.train()
-    ids = torch.randint(0, model.config.vocab_size, (batch, max_length // 2))
+    ids = torch.randint(0, model.config.vocab_size, (batch, max_length // 2), device=model.device)
     model(input_ids=ids, labels=ids).loss.backward()
 
 
@@ -109,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_model_path(args.model)
     records = backdoor_records(args.n)
     n_params = sum(p.numel() for p in load_model(model_path).parameters())
-    peak = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
+    peak, peak_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(records)} examples, batch {args.batch_size}, "
           f"max_length {args.max_length}, {torch.get_num_threads()} threads; "
-          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+          f"{peak_what} {peak / 1e9:.1f} GFLOP/s", flush=True)
     warm_up(model_path, args.batch_size, args.max_length)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
