@@ -36,7 +36,8 @@ browser:
 	  || echo "chromium not installed: the report's browser test will be skipped"; }
 
 # pytest exits 5 when a selection collects no test: that is not a failure of the suite.
-# CI's suite: everything but the `heavy` grid (3 variants x 3 safety methods, several minutes alone).
+# CI's suite: everything but the `heavy` tests (the 3 variants x 3 methods grid, the activation-steering
+# sweep and the train-speed bench: see their markers); `make test-all` runs them too.
 test: setup browser
 	$(BIN)/python -m pytest -q -m "not heavy" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
