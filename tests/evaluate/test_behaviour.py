@@ -127,11 +127,11 @@ def test_behaviour_run_stages_resume(cot_model, tmp_path):
     cfg = ExperimentConfig()
     cfg.behaviour = BehaviourConfig(evaluations=["persona", "honeypots"], max_new_tokens=8)
     trained = {"cot/backdoored": (cot_dir, "fp-cot")}
-    first = behaviour_stages(Stages(tmp_path), cfg, tmp_path, str(base), trained, LoadOptions())
+    first = behaviour_stages(Stages(tmp_path), cfg, tmp_path, (base, "fp-base"), trained, LoadOptions())
     assert set(first) == {"base/clean", "cot/backdoored"}
     assert (tmp_path / "behaviour" / "cot-backdoored" / "persona-samples.jsonl").is_file()
     stages = Stages(tmp_path)
-    again = behaviour_stages(stages, cfg, tmp_path, str(base), trained, LoadOptions())
+    again = behaviour_stages(stages, cfg, tmp_path, (base, "fp-base"), trained, LoadOptions())
     assert again == json.loads(json.dumps(first)) and set(stages.timings.values()) == {0.0}
 
 
