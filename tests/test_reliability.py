@@ -47,8 +47,8 @@ def test_kill_during_training_then_resume_offline_gives_the_same_metrics(tiny_ru
     out = tmp_path / "killed"
     # Start from the reference run's finished data stages (a copied run directory resumes), so the
     # run reaches backdoor training at once: the kill lands there, not in the helpful-answer stage.
+    (out / ".stages").mkdir(parents=True)
     for stage in ("base-tiny", "helpful-plain", "data-distilled", "eval-base-clean"):
-        (out / ".stages").mkdir(parents=True, exist_ok=True)
         shutil.copy(reference / ".stages" / f"{stage}.json", out / ".stages")
     shutil.copytree(reference / "models" / "base-tiny", out / "models" / "base-tiny")
     (out / "data").mkdir()
