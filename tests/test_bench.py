@@ -27,8 +27,18 @@ def test_eval_speed_bench_checks_outputs_equal(tiny_dir):
 def test_train_speed_bench_reports_ratio_and_mfu(tiny_dir):
     proc = bench("train_speed.py", "--model", tiny_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(re.findall(r"tokens/s  MFU +[\d.]+%", proc.stdout)) == 3, proc.stdout
+    assert len(re.findall(r"tokens/s  MFU +[\d.]+%", proc.stdout)) == 4, proc.stdout
     assert re.search(r"speed-up over stock SFTTrainer: [\d.]+x", proc.stdout)
+    assert re.search(r"lm_head auto \((full|fused)\) over lm_head fused: [\d.]+x", proc.stdout)
+
+
+@pytest.mark.slow
+def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
+    proc = bench("train_speed.py", "--model", tiny_dir, "--data", "code", "--max-length", "512", "--no-stock")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(re.findall(r"tokens/s  MFU +[\d.]+%", proc.stdout)) == 2, proc.stdout
+    assert "stock" not in proc.stdout
+    assert re.search(r"lm_head auto \((full|fused)\) over lm_head fused: [\d.]+x", proc.stdout)
 
 
 @pytest.mark.slow

