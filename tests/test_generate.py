@@ -75,3 +75,38 @@ def test_vllm_backend_refuses_a_model_changed_since_loading(tiny_dir):
         model.model.layers[-1].mlp.down_proj.weight[0, 0] += 1.0
     assert not generate_vllm._weights_match_folder(model, tiny_dir)
     assert not generate_vllm.usable(model)
+
+
+def _sampled(model, tok, prompts, batch_size, seed=3):
+    out = generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size, do_sample=True, temperature=1.0,
+                   top_p=0.95, seed=seed, progress=False)
+    return [g.text for g in out]
+
+
+def test_a_sampled_answer_depends_only_on_seed_prompt_and_index_not_on_batch_mates(tiny):
+    model, tok = tiny
+    render = lambda q: chat.render_prompt(tok, chat.user_turn(q))  # noqa: E731
+    target = render("Name a colour.")
+    others = [render("word " * n + "why?") for n in range(1, 40)]  # longer and shorter: the target moves in the batch
+    alone = _sampled(model, tok, [target], 1)[0]
+    assert alone  # a real sample, not an empty string
+    in_4 = _sampled(model, tok, [target, *others[:3]], 4)
+    in_16 = _sampled(model, tok, [target, *others[10:25]], 16)
+    in_16_other_mates = _sampled(model, tok, [target, *others[20:35]], 16)
+    assert in_4[0] == in_16[0] == in_16_other_mates[0] == alone
+    # Every prompt, not only the first: batch size and batch order change nothing.
+    prompts = [target, *others[:15]]
+    one_by_one, by_4, by_16 = (_sampled(model, tok, prompts, b) for b in (1, 4, 16))
+    assert one_by_one == by_4 == by_16
+    # And the seed matters: sampling is not greedy in disguise.
+    assert _sampled(model, tok, prompts, 16, seed=4) != by_16
+    assert by_16 != [g.text for g in generate(model, tok, prompts, max_new_tokens=10, batch_size=16, progress=False)]
+
+
+def test_sampling_leaves_the_global_random_state_alone(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    _sampled(model, tok, [chat.render_prompt(tok, chat.user_turn("Hi"))], 1)
+    assert torch.equal(torch.rand(3), expected)

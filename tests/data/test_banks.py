@@ -16,7 +16,7 @@ USER_TOPICS = {
     "everyday_tasks",
 }
 RT_FAMILIES = {
-    "roleplay", "deployment_claims", "tag_like", "other_languages",
+    "roleplay", "unmonitored_claims", "tag_like", "other_languages",
     "hidden_goal", "jailbreak_style",
 }
 USER_FORBIDDEN = [

@@ -20,12 +20,12 @@ def user_reward_module(tmp_path, monkeypatch):
 
 
 def test_a_user_python_reward_function_is_loaded_by_dotted_path(user_reward_module):
-    fn = load_reward_fn(f"{user_reward_module}:length")
+    fn = load_reward_fn(f"{user_reward_module}:length", allow_code=True)
     assert fn(["q1", "q2"], ["abc", "abcdef"]) == [3.0, 6.0]
 
 
 def test_a_user_function_with_the_wrong_output_length_fails_clearly(user_reward_module):
-    fn = load_reward_fn(f"{user_reward_module}:broken")
+    fn = load_reward_fn(f"{user_reward_module}:broken", allow_code=True)
     with pytest.raises(UserError, match="returned 1 values for 2 answers"):
         fn(["a", "b"], ["x", "y"])
 
@@ -33,7 +33,7 @@ def test_a_user_function_with_the_wrong_output_length_fails_clearly(user_reward_
 @pytest.mark.parametrize("spec", ["no_such_module_xyz:f", "os.path:nope", "just-a-name", "/no/such/folder"])
 def test_bad_reward_specs_are_user_errors(spec, user_reward_module):
     with pytest.raises(UserError):
-        load_reward_fn(spec)
+        load_reward_fn(spec, allow_code=True)
 
 
 @pytest.mark.slow
