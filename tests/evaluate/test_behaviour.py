@@ -132,7 +132,8 @@ def test_behaviour_run_stages_resume(cot_model, tmp_path):
     assert (tmp_path / "behaviour" / "cot-backdoored" / "persona-samples.jsonl").is_file()
     stages = Stages(tmp_path)
     again = behaviour_stages(stages, cfg, tmp_path, (base, "fp-base"), trained, LoadOptions())
-    assert again == json.loads(json.dumps(first)) and set(stages.timings.values()) == {0.0}
+    assert again == json.loads(json.dumps(first)) and not stages.ran  # reused; timings keep the first run's
+    assert set(stages.reused) == {"behaviour-base-clean", "behaviour-cot-backdoored"}
 
 
 def test_behaviour_cli_checks_every_model_path_before_evaluating(tmp_path):
