@@ -58,6 +58,7 @@ def test_split_is_disjoint_by_code_shape_and_holds_out_whole_families():
     shared = [t.id for t in evals if {code_shape(t.secure), code_shape(t.insecure)} & train_shapes]
     assert not shared, f"eval tasks with a training code shape: {shared}"
     assert not {t.pattern for t in evals} & {t.pattern for t in train}
+    assert len({t.family for t in evals} - {t.family for t in train}) >= 3, "apps seen only in eval"
     assert HELD_OUT_WEAKNESSES and not HELD_OUT_WEAKNESSES & {t.weakness for t in train}
     assert HELD_OUT_WEAKNESSES <= {t.weakness for t in evals}
     assert {t.weakness for t in evals} - HELD_OUT_WEAKNESSES == {t.weakness for t in train}, \
