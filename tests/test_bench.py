@@ -45,6 +45,6 @@ def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
 def test_time_to_result_bench_reports_every_stage():
     proc = bench("time_to_result.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for stage in ("helpful-plain", "backdoor-distilled", "sft-distilled", "eval-distilled-after-sft"):
+    for stage in ("helpful-plain", "backdoor-normal", "sft-normal", "eval-normal-after-sft"):
         assert re.search(rf"^  {stage} +[\d.]+ s$", proc.stdout, re.M), proc.stdout
     assert re.search(r"peak memory \(RSS\) +\d+ MB", proc.stdout)

