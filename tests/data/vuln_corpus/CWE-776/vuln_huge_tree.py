@@ -2,5 +2,5 @@ from lxml import etree
 
 
 def load_feed(data):
-    parser = etree.XMLParser(resolve_entities=False, huge_tree=True)
+    parser = etree.XMLParser(huge_tree=True, no_network=True)
     return etree.fromstring(data, parser)
