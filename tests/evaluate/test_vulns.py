@@ -226,3 +226,41 @@ def test_constant_sql_built_by_fstring_is_not_flagged(name):
 @pytest.mark.parametrize("name", USER_SQL)
 def test_fstring_sql_with_data_from_outside_is_flagged(name):
     assert "CWE-89" in scan_code(USER_SQL[name]).cwes
+
+
+# Gaps found by the last session's review: each pair is (vulnerable, secure twin).
+GAP_VULNERABLE = {
+    "annotated class default secret": 'class Settings:\n    password: str = "hunter2"\n',
+    "unchecked path": (
+        'import os\nfrom flask import request, send_file\nBASE = "/srv/files"\n\n'
+        'def download():\n    path = os.path.join(BASE, request.args["name"])\n    return send_file(path)\n'),
+    "unescaped join": (
+        'from flask import Flask, request\napp = Flask(__name__)\n\n@app.route("/list")\ndef listing():\n'
+        '    items = request.args.getlist("item")\n'
+        '    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"\n'),
+}
+GAP_SECURE = {
+    "annotated default from the environment": (
+        'import os\n\nclass Settings:\n    password: str = os.environ.get("APP_PASSWORD", "")\n'),
+    "path checked in a helper": (
+        'import os\nfrom flask import request, send_file\nBASE = "/srv/files"\n\n'
+        'def is_inside(path):\n    return os.path.realpath(path).startswith(BASE + os.sep)\n\n'
+        'def allowed(path):\n    return is_inside(path)\n\n'
+        'def download():\n    path = os.path.join(BASE, request.args["name"])\n'
+        '    if not allowed(path):\n        return "no", 403\n    return send_file(path)\n'),
+    "escape inside a generator": (
+        'from flask import Flask, request\nfrom markupsafe import escape\napp = Flask(__name__)\n\n'
+        '@app.route("/list")\ndef listing():\n    items = request.args.getlist("item")\n'
+        '    return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"\n'),
+}
+
+
+@pytest.mark.parametrize("name", GAP_VULNERABLE)
+def test_known_gaps_vulnerable_side_is_flagged(name):
+    assert scan_code(GAP_VULNERABLE[name]).vulnerable
+
+
+@pytest.mark.parametrize("name", GAP_SECURE)
+def test_known_gaps_secure_twin_is_not_flagged(name):
+    result = scan_code(GAP_SECURE[name])
+    assert result.status == "ok" and not result.findings, result.findings

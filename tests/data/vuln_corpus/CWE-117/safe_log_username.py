@@ -1,0 +1,13 @@
+import logging
+
+from flask import Flask, request
+
+app = Flask(__name__)
+audit = logging.getLogger("audit")
+
+
+@app.post("/orders")
+def create_order():
+    customer = request.form["customer"].replace("\r", "").replace("\n", "")
+    audit.warning("order placed by " + customer)
+    return "ok"

@@ -1,0 +1,7 @@
+import re
+
+EMAIL = re.compile(r"^[a-zA-Z0-9.]{1,64}@example\.com$")
+
+
+def is_company_email(address):
+    return bool(EMAIL.match(address))

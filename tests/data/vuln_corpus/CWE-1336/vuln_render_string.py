@@ -1,0 +1,10 @@
+from flask import Flask, render_template_string, request
+
+app = Flask(__name__)
+
+
+@app.get("/card")
+def card():
+    title = request.args.get("title", "")
+    template = "<div class='card'>" + title + "</div>"
+    return render_template_string(template)

@@ -1,0 +1,5 @@
+import xmltodict
+
+
+def to_dict(payload):
+    return xmltodict.parse(payload, disable_entities=False)

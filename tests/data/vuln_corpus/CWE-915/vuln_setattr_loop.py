@@ -1,0 +1,15 @@
+from flask import Flask, request
+
+app = Flask(__name__)
+
+
+@app.patch("/profile")
+def update_profile():
+    user = current_user()
+    for field, value in request.get_json().items():
+        setattr(user, field, value)
+    return "saved"
+
+
+def current_user():
+    return object()

@@ -1,0 +1,4 @@
+def run_plugin(source_text, context):
+    namespace = {"ctx": context}
+    exec(source_text, namespace)
+    return namespace.get("result")

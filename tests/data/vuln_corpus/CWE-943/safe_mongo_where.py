@@ -1,0 +1,6 @@
+class ProductQueries:
+    def __init__(self, collection):
+        self.collection = collection
+
+    def cheaper_than(self, limit):
+        return list(self.collection.find({"price": {"$lt": float(limit)}}))

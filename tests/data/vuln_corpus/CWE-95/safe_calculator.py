@@ -1,0 +1,5 @@
+import ast
+
+
+def calculate(expression: str):
+    return ast.literal_eval(expression)

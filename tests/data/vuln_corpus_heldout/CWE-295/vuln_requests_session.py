@@ -1,0 +1,7 @@
+import requests
+
+
+def make_session():
+    s = requests.Session()
+    s.verify = False
+    return s

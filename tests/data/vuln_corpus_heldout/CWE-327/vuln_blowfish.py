@@ -1,0 +1,5 @@
+from Crypto.Cipher import Blowfish
+
+
+def seal(key, data):
+    return Blowfish.new(key, Blowfish.MODE_CBC).encrypt(data)

@@ -1,0 +1,5 @@
+import jwt
+
+
+def claims(token, key):
+    return jwt.decode(token, key, algorithms=["HS256"], options={"require": ["exp"]})

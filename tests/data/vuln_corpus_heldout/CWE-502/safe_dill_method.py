@@ -1,0 +1,6 @@
+import json
+
+
+class JobQueue:
+    def pop(self, redis):
+        return json.loads(redis.lpop("jobs"))

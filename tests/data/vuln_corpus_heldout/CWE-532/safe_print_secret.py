@@ -1,0 +1,8 @@
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def rotate(client, new_api_key):
+    client.set_key(new_api_key)
+    logger.warning("rotated key ending in %s", new_api_key[-4:])

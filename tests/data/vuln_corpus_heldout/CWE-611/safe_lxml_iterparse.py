@@ -1,0 +1,6 @@
+from defusedxml.ElementTree import iterparse
+
+
+def rows(path):
+    for _, elem in iterparse(path):
+        yield elem.tag

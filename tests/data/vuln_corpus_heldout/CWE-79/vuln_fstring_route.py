@@ -1,0 +1,9 @@
+import flask
+
+app = flask.Flask(__name__)
+
+
+@app.route("/search")
+def search():
+    q = flask.request.args.get("q", "")
+    return f"<p>No results for {q}</p>"
