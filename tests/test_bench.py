@@ -36,6 +36,7 @@ def test_train_speed_bench_reports_ratio_and_mfu(tiny_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~60 s; `make test-all` runs it (CI time budget)
 def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
     proc = bench("train_speed.py", "--model", tiny_dir, "--data", "code", "--max-length", "512", "--no-stock")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -45,6 +46,7 @@ def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a bench smoke run; `make test-all` runs it (CI time budget)
 def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir):
     proc = bench("rl_speed.py", "--model", tiny_dir)
     print(proc.stdout)
@@ -56,6 +58,7 @@ def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~90 s; `make test-all` runs it (CI time budget)
 def test_time_to_result_bench_reports_every_stage():
     proc = bench("time_to_result.py")
     assert proc.returncode == 0, proc.stderr[-2000:]

