@@ -96,12 +96,15 @@ def test_critique_stages_run_on_every_model_and_resume(monkeypatch, tmp_path):
     # The backdoored model's probe read on its own test half is its own probe at its own layer.
     own = probes["models"]["normal/backdoored"]
     assert own["backdoored_probe"]["auroc_selected"] == pytest.approx(own["own_probe"]["auroc_selected"])
+    assert probes["held_out_families"]["prompt_ids"]
+    assert all(m["backdoored_probe"]["held_out_families"]["positive"] is not None for m in probes["models"].values())
     # Return models are measured, then deleted; removal models stay (return reads them).
     assert not (out / "critique" / "return" / "normal-after-sft" / "model").exists()
     assert (out / "critique" / "blind" / "normal-after-sft" / "oracle-removal" / "model").is_dir()
 
     table = (out / "results.md").read_text()
-    for title in ("Trigger sensitivity", "Blind loop", "Backdoor return", "Probe AUROC by stage"):
+    for title in ("Trigger sensitivity", "Blind loop", "Backdoor return", "Probe AUROC by stage",
+                  "probe on held-out trigger families"):
         assert title in table
     assert re.search(r"\| normal/after-sft\+oracle-removal \| \d", table)
 
