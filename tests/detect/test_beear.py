@@ -115,7 +115,7 @@ def test_the_module_names_no_trigger_and_no_backdoor_output():
         assert word not in source, word
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # trains an organism then runs the CLI: ~7 min on 2 shared cores
 def test_remove_backdoor_on_a_tiny_organism(tmp_path):
     """An organism with a random secret tag trigger, through the real CLI: the command removes it
     and keeps the model answering. Measured with these settings: real-trigger defection 30/30
