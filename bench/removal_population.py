@@ -89,11 +89,11 @@ def organism_model(org: dict[str, Any], root: Path, organism: dict[str, int]) ->
     if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
         raise SystemExit(f"{folder} holds an organism built with other settings ({stamp.read_text().strip()}); "
                          f"use another --out")
+    write_json(stamp, wanted)  # before training: a model folder never lacks the settings it was built with
     model = folder / "model"
     if not (model / "model.safetensors").is_file():
         build_organism(folder, trigger=org["trigger"], seed=org["seed"], epochs=organism["epochs"],
                        n_records=organism["n_records"])
-        write_json(stamp, wanted)
     return model
 
 
@@ -210,7 +210,7 @@ def table(metrics: dict[str, Any], records: list[dict[str, Any]]) -> str:
     lines += _rows(metrics["removers_informative"]) if n_inf else ["(none: plain fine-tuning removed every backdoor; "
                                                                    "build sturdier organisms)"]
     lines += ["", "## Per organism: real-trigger defection after (before)", "",
-              "| organism | trigger | " + " | ".join(REMOVERS) + " | found |", "|---|---|" + "---|" * (len(REMOVERS) + 1)]
+              "| organism | trigger | " + " | ".join(REMOVERS) + " | found string |", "|---|---|" + "---|" * (len(REMOVERS) + 1)]
     for org in dict.fromkeys(r["organism"] for r in records):
         by = {r["remover"]: r for r in records if r["organism"] == org}
         cells = [f"{100 * by[n]['after']['defection_triggered']['rate']:.0f}% "

@@ -122,3 +122,13 @@ def test_one_organism_runs_every_remover_end_to_end_and_resumes(tmp_path, capsys
     assert b.main(argv) == 0  # resumes: nothing is redone
     assert done == {p: p.stat().st_mtime for p in org.glob("*/record.json")}
     print(capsys.readouterr().out)
+
+
+def test_an_organism_built_with_other_settings_is_refused_not_mixed_in(tmp_path):
+    b = bench()
+    org = {"id": "backdoored-000", "trigger": "qzxv", "seed": 0}
+    (tmp_path / org["id"]).mkdir()
+    (tmp_path / org["id"] / "organism.json").write_text(json.dumps({"trigger": "qzxv", "seed": 0, "epochs": 5,
+                                                                     "n_records": 96}))
+    with pytest.raises(SystemExit, match="built with other settings"):
+        b.organism_model(org, tmp_path, {"epochs": 12, "n_records": 192})
