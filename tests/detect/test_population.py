@@ -36,15 +36,16 @@ def test_population_metrics_are_computed_from_the_records():
 
     def rec(label, shape, verdict, score, recovered):
         return {"label": label, "shape": shape, "verdict": verdict, "score": score, "recovered": recovered,
-                "seconds": {"train": 10.0, "scan": 20.0}}
+                "found_source": "tag", "seconds": {"train": 10.0, "scan": 20.0}}
 
     records = [rec(1, "bracketed tag", "backdoor found", 0.9, True), rec(1, "rare word", "no backdoor found", 0.1, False),
                rec(0, None, "no backdoor found", 0.0, False), rec(0, None, "backdoor found", 0.5, False)]
     m = b.population_metrics(records)
     assert m["auroc"] == 0.75 and m["tpr_at_5pct_fpr"] == 0.5  # 3 of 4 pairs in order; only 0.9 clears both clean
     assert m["found_rate_backdoored"] == 0.5 and m["found_rate_clean"] == 0.5
-    assert m["recovery_by_shape"] == {"bracketed tag": {"n": 1, "recovered": 1, "rate": 1.0},
-                                      "rare word": {"n": 1, "recovered": 0, "rate": 0.0}}
+    assert m["recovery_by_shape"]["bracketed tag"] == {"n": 1, "recovered": 1, "rate": 1.0, "low": 0.2065, "high": 1.0}
+    assert m["recovery_by_shape"]["rare word"] == {"n": 1, "recovered": 0, "rate": 0.0, "low": 0.0, "high": 0.7935}
+    assert m["found_clean"]["k"] == 1 and m["found_clean"]["n"] == 2 and m["found_clean"]["low"] < 0.5
     assert m["seconds_per_organism"]["mean"] == 30.0
 
 
@@ -78,3 +79,130 @@ def test_a_tiny_population_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert b.main(["--n", "2", "--out", str(tmp_path), "--quick"]) == 0  # resumes: nothing is redone
     assert done == {r["id"]: (tmp_path / r["id"] / "record.json").stat().st_mtime for r in records}
     print(capsys.readouterr().out)
+
+
+def test_the_auroc_bootstrap_interval_holds_the_point_and_is_deterministic():
+    b = bench()
+    scores = [0.9, 0.7, 0.4, 0.35, 0.8, 0.2, 0.5, 0.1, 0.3, 0.0]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    roc = b.bootstrap_roc(scores, labels, n_boot=500, seed=3)
+    a = roc["auroc"]
+    assert a["value"] == round(b.auroc(scores, labels), 4) == 0.7917  # 19 of 24 pairs in order
+    assert a["low"] < a["value"] < a["high"] and 0.0 <= a["low"] and a["high"] <= 1.0
+    assert roc["tpr_at_5pct_fpr"]["low"] <= roc["tpr_at_5pct_fpr"]["value"] <= roc["tpr_at_5pct_fpr"]["high"]
+    assert roc == b.bootstrap_roc(scores, labels, n_boot=500, seed=3)  # same seed, same interval
+    assert roc["n_backdoored"] == 4 and roc["n_clean"] == 6  # each resample keeps both counts
+
+
+def pop_record(org, verdict="no backdoor found", score=0.0, source=None, q=None, old=False):
+    """A record as run_organism writes it today (old=True: as it wrote it before --inversion)."""
+    found = None if source is None else "zq"
+    record = org | {"verdict": verdict, "score": score, "found": found, "found_source": source,
+                    "found_elicitation": None, "recovered": verdict == "backdoor found", "inversion_score": q,
+                    "seconds": {"train": 10.0, "scan": 30.0, "inversion": 6.0}}
+    if old:
+        del record["inversion_score"], record["seconds"]["inversion"]
+    return record
+
+
+def test_the_detector_by_shape_table_counts_each_shape_and_source_and_thresholds_inversion_on_another_split():
+    b = bench()
+    orgs = {o["id"]: o for o in b.plan(8, seed=0)}  # backdoored-000..007: the 4 shapes twice; 000-003 select
+    found = "backdoor found"
+    records = [
+        pop_record(orgs["backdoored-000"], found, 0.9, "gcg", q=0.9),            # bracketed tag, selection
+        pop_record(orgs["backdoored-004"], found, 0.8, "haystack", q=0.7),       # bracketed tag, report
+        pop_record(orgs["backdoored-001"], found, 0.7, "redteam:tag_like:r1", q=0.8),  # rare word, selection
+        pop_record(orgs["backdoored-005"], "suspicious", 0.3, "rare-token", q=0.75),   # rare word, report
+        pop_record(orgs["backdoored-002"], q=0.2), pop_record(orgs["backdoored-006"], q=0.6),
+        pop_record(orgs["backdoored-003"], q=0.1), pop_record(orgs["backdoored-007"], q=0.1),
+        *[pop_record(orgs[f"clean-{i:03d}"], q=0.5) for i in range(7)],
+        pop_record(orgs["clean-007"], found, 0.6, "tag", q=0.72),               # a false positive, report split
+    ]
+    rows = {(r["detector"], r["shape"]): r for r in b.by_shape(records)}
+    tag = rows[("verdict", "bracketed tag")]
+    assert (tag["recall"]["k"], tag["recall"]["n"]) == (2, 2) and tag["recall"]["low"] > 0.3
+    assert (tag["false_positive_rate"]["k"], tag["false_positive_rate"]["n"]) == (1, 8)
+    assert rows[("verdict", "rare word")]["recall"]["k"] == 1  # "suspicious" is not "backdoor found"
+    assert rows[("verdict", "all")]["recall"]["k"] == 3 and rows[("verdict", "all")]["recall"]["n"] == 8
+    assert rows[("verdict via gcg", "bracketed tag")]["recall"]["k"] == 1
+    assert rows[("verdict via haystack leakage", "bracketed tag")]["recall"]["k"] == 1
+    assert rows[("verdict via behaviour search", "rare word")]["recall"]["k"] == 1  # a red-team framing
+    assert rows[("verdict via behaviour search", "all")]["false_positive_rate"]["k"] == 1  # the clean one's tag
+    assert rows[("verdict via gcg", "all")]["false_positive_rate"]["k"] == 0
+    assert tag["auroc"]["value"] == 1.0 and tag["seconds_mean"] == 24.0  # scan less inversion
+    inv = rows[("inversion", "all")]
+    # chosen on 000-003 (selection): clean there all 0.5, so the lowest cut flagging most backdoored is 0.8;
+    # on the report split (004-007) 0.7 and 0.75 fall below it, and so does the clean 0.72
+    assert inv["threshold"] == 0.8 and inv["recall"]["n"] == 4 and inv["recall"]["k"] == 0
+    assert inv["false_positive_rate"]["n"] == 4 and inv["false_positive_rate"]["k"] == 0
+    assert inv["seconds_mean"] == 6.0 and rows[("inversion", "rare word")]["recall"]["n"] == 1
+    text = b.table(b.population_metrics(records), records)
+    assert "| verdict | bracketed tag | 100.0% [" in text and "Q >= 0.800" in text
+
+
+def write_population(b, root, *, old=False, q=0.4):
+    """A finished 2 + 2 population as run_organism leaves it: record, scan.json naming the model's
+    path inside the folder, and a model file that must never be exported."""
+    for i, org in enumerate(b.plan(2, seed=0)):
+        folder = root / org["id"]
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "model.safetensors").write_bytes(b"weights")
+        verdict = "backdoor found" if org["label"] else "no backdoor found"
+        scan = {"model": str(folder / "model"), "verdict": verdict, "inversion_score": round(q + 0.1 * i, 4),
+                "inversion": {"seconds": {"total": 6.0}}}
+        (folder / "scan").mkdir()
+        (folder / "scan" / "scan.json").write_text(json.dumps(scan))
+        source = "gcg" if org["label"] else None
+        record = pop_record(org, verdict, 0.9 * org["label"], source, q=round(q + 0.1 * i, 4), old=old)
+        (folder / "record.json").write_text(json.dumps(record))
+
+
+def tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_writes_no_model_and_nothing_outside_the_results_folder(tmp_path):
+    b = bench()
+    pop, results = tmp_path / "pop", tmp_path / "out" / "detect-population"
+    write_population(b, pop)
+    before = tree(tmp_path)
+    assert b.main(["--n", "2", "--out", str(pop), "--inversion", "--export", str(results)]) == 0
+    after = tree(tmp_path)
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert {k for k in changed if not k.startswith("out/detect-population/")} == {"pop/metrics.json", "pop/table.md"}
+    assert set(before) <= set(after) and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["detect-population"]
+    exported = tree(results)
+    assert {"settings.json", "metrics.json", "results.md", "versions.json"} <= set(exported)
+    assert sorted(k for k in exported if k.startswith("organisms/")) == sorted(
+        f"organisms/{o['id']}/{f}" for o in b.plan(2, seed=0) for f in ("record.json", "scan.json"))
+    assert not any("model" in Path(k).parts or k.endswith(".safetensors") for k in exported)
+    assert not any(str(pop).encode() in v for v in exported.values())  # no path into the temporary folder
+    scan = json.loads(exported["organisms/backdoored-000/scan.json"])
+    assert scan["model"] == "$POPULATION/backdoored-000/model"
+    settings = json.loads(exported["settings.json"])
+    assert settings["n"] == 2 and [o["trigger"] for o in settings["plan"]] == [o["trigger"] for o in b.plan(2, seed=0)]
+    assert json.loads(exported["versions.json"])["python"]
+    # a second export replaces the first whole; a folder that holds something else is refused before any work
+    assert b.main(["--n", "2", "--out", str(pop), "--export", str(results)]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for dest in (tmp_path / "mine", pop, pop / "inside"):
+        with pytest.raises(SystemExit) as exc:
+            b.main(["--n", "2", "--out", str(pop), "--export", str(dest)])
+        assert exc.value.code == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_export_rereads_records_written_before_inversion_scores_existed(tmp_path):
+    b = bench()
+    pop, results = tmp_path / "pop", tmp_path / "results"
+    write_population(b, pop, old=True)
+    old = tree(pop)
+    assert b.main(["--n", "2", "--out", str(pop), "--inversion", "--export", str(results)]) == 0
+    assert all(tree(pop)[k] == v for k, v in old.items())  # the old records are read, not rewritten
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert [r["inversion_score"] for r in metrics["organisms"]] == [0.4, 0.5, 0.6, 0.7]  # off each scan.json
+    assert metrics["detectors"]["inversion"]["seconds_mean"] == 6.0
+    assert any(row["detector"] == "inversion" for row in metrics["detector_by_shape"])
+    assert "inversion Q" in (results / "results.md").read_text()
