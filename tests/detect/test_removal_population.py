@@ -132,3 +132,29 @@ def test_an_organism_built_with_other_settings_is_refused_not_mixed_in(tmp_path)
                                                                      "n_records": 96}))
     with pytest.raises(SystemExit, match="built with other settings"):
         b.organism_model(org, tmp_path, {"epochs": 12, "n_records": 192})
+
+
+def test_export_of_a_finished_population_holds_its_records_and_no_model(tmp_path):
+    b = bench()
+    pop, results = tmp_path / "pop", tmp_path / "results"
+    (org,) = [o for o in b.plan(1, 0) if o["label"]]
+    folder = pop / org["id"]
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "model.safetensors").write_bytes(b"weights")
+    (folder / "organism.json").write_text(json.dumps({"trigger": org["trigger"], "seed": org["seed"], "epochs": 5,
+                                                      "n_records": 96}))
+    for name, after in (("control", 8), ("found", 10), ("oracle", 2), ("beear", 0)):
+        (folder / name).mkdir()
+        (folder / name / "record.json").write_text(json.dumps(rec(org["id"], name, 10, after)))
+    assert b.main(["--n", "1", "--out", str(pop), "--export", str(results)]) == 0
+    exported = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
+    assert exported == ["metrics.json", "records/backdoored-000/beear.json", "records/backdoored-000/control.json",
+                        "records/backdoored-000/found.json", "records/backdoored-000/oracle.json", "results.md",
+                        "settings.json", "versions.json"]
+    settings = json.loads((results / "settings.json").read_text())
+    assert settings["steps"] == 16 and settings["plan"][0]["trigger"] == org["trigger"]
+    assert "| beear | 1 |" in (results / "results.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pop", "results"]
+    with pytest.raises(SystemExit) as exc:  # into the population itself: refused before any work
+        b.main(["--n", "1", "--out", str(pop), "--export", str(pop)])
+    assert exc.value.code == 2
