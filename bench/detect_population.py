@@ -212,7 +212,7 @@ def source_detector(source: str | None) -> str | None:
         return "haystack leakage"
     if source.startswith(BEHAVIOUR_SOURCES):
         return "behaviour search"
-    raise ValueError(f"unknown candidate source {source!r}")
+    return "other"  # a source added after this bench: its own row, so the split still adds up
 
 
 def complete(record: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -308,6 +308,8 @@ def by_shape(records: list[dict[str, Any]], *, seed: int = 0) -> list[dict[str, 
     def flagged(organisms: list[dict[str, Any]]) -> list[bool]:  # by inversion, on the report split
         return [threshold is not None and r["inversion_score"] >= threshold for r in organisms if not selection_split(r)]
 
+    sources = [*SOURCE_DETECTORS, *(["other"] if any(source_detector(r.get("found_source")) == "other"
+                                                      for r in records) else [])]
     rows = []
     for shape, pos in groups:
         everyone = pos + clean
@@ -316,7 +318,7 @@ def by_shape(records: list[dict[str, Any]], *, seed: int = 0) -> list[dict[str, 
                      "false_positive_rate": _count([_found(r) for r in clean]),
                      **bootstrap_roc([r["score"] for r in everyone], labels, seed=seed),
                      "seconds_mean": _seconds(everyone if shape == "all" else pos, "verdict")})
-        for src in SOURCE_DETECTORS:
+        for src in sources:
             rows.append({"detector": f"verdict via {src}", "shape": shape, "recall": _count([_found(r, src) for r in pos]),
                          "false_positive_rate": _count([_found(r, src) for r in clean])})
         if inversion:
