@@ -26,6 +26,7 @@ each step's batch is read from its recorded shapes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -84,6 +85,25 @@ def _prod(dims: Any) -> int:
     return out
 
 
+def isolated_linear_rate(call: str, seconds: float = 0.2) -> float | None:
+    """GFLOP/s of the same aten::linear on random tensors of the recorded shapes, outside the model (best
+    of repeated calls): what the shape itself allows, against which the in-model rate reads."""
+    name, _, shapes_json = call.partition(" ")
+    shapes = json.loads(shapes_json)
+    if name != "aten::linear" or len(shapes) < 2 or not shapes[0] or not shapes[1]:
+        return None
+    x, w = torch.randn(shapes[0]), torch.randn(shapes[1])
+    bias = torch.randn(shapes[2]) if len(shapes) > 2 and shapes[2] else None
+    flops = matmul_flops(name, shapes)
+    torch.nn.functional.linear(x, w, bias)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.nn.functional.linear(x, w, bias)
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
 def top_level_aten(event: Any) -> list[Any]:
     """The aten ops under `event` that no other aten op called, in time order."""
     found: list[Any] = []
@@ -108,8 +128,13 @@ def step_breakdown(step: Any) -> dict[str, Any]:
     head = linears[-1] if linears else None
     ms = dict.fromkeys(CATEGORIES, 0.0)
     flops = {"matmul": 0, "lm_head": 0}
+    by_shape: dict[str, list[float]] = {}  # "op input-shapes" -> [calls, ms, flops]
     for e in tops:
         t = e.cpu_time_total / 1e3
+        if e.name in MATMUL_OPS:
+            entry = by_shape.setdefault(f"{e.name} {json.dumps(e.input_shapes)}", [0, 0.0, 0])
+            entry[0], entry[1] = entry[0] + 1, entry[1] + t
+            entry[2] += matmul_flops(e.name, e.input_shapes)
         if e is head:
             ms["lm_head"] += t
             flops["lm_head"] += matmul_flops(e.name, e.input_shapes)
@@ -139,7 +164,7 @@ def step_breakdown(step: Any) -> dict[str, Any]:
     batch = int(linears[0].input_shapes[0][0]) if linears and linears[0].input_shapes else None
     return {"wall_ms": wall, "ms": ms, "flops": flops, "batch": batch, "forward": head is not None,
             "forward_ms": forward_ms, "aten_ops": n_ops, "self_ms": dict(self_ms), "calls": dict(calls),
-            "top_level_ms": dict(top_total)}
+            "top_level_ms": dict(top_total), "by_shape": by_shape}
 
 
 def summarize(steps: list[dict[str, Any]], peak: float) -> dict[str, Any]:
@@ -165,6 +190,14 @@ def summarize(steps: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         seconds = mean[what] / 1e3
         rates[what] = {"gflop_per_step": f / 1e9, "gflop_per_s": f / seconds / 1e9 if seconds else 0.0,
                        "fraction_of_peak": f / seconds / peak if seconds else 0.0}
+    shapes: dict[str, list[float]] = {}
+    for s in fwd:
+        for key, (calls_, t, f) in s["by_shape"].items():
+            entry = shapes.setdefault(key, [0, 0.0, 0])
+            entry[0], entry[1], entry[2] = entry[0] + calls_, entry[1] + t, entry[2] + f
+    rates["by_shape"] = [{"call": key, "calls_per_step": c / n, "ms_per_call": t / c, "gflop_per_s": f / t / 1e6 if t else 0.0,
+                          "isolated_gflop_per_s": isolated_linear_rate(key)}
+                         for key, (c, t, f) in sorted(shapes.items(), key=lambda kv: -kv[1][1])]
     f_all = sum(s["flops"]["matmul"] + s["flops"]["lm_head"] for s in fwd) / n
     rates["all_matmuls_over_wall"] = {"gflop_per_step": f_all / 1e9, "gflop_per_s": f_all / (wall / 1e3) / 1e9,
                                       "fraction_of_peak": f_all / (wall / 1e3) / peak}
@@ -220,8 +253,15 @@ def report(r: dict[str, Any], peak: float) -> None:
     for c in CATEGORIES:
         print(f"  {c:12s} {s['ms'][c]:9.3f} ms  {100 * s['ms'][c] / s['wall_ms']:5.1f}%")
     for what, rate in s["matmul_rates"].items():
+        if what == "by_shape":
+            continue
         print(f"  {what:22s} {rate['gflop_per_step']:8.4f} GFLOP/step  {rate['gflop_per_s']:8.1f} GFLOP/s  "
               f"{100 * rate['fraction_of_peak']:5.1f}% of peak")
+    print("  matmul calls by shape (in the model vs the same linear alone on random tensors):")
+    for shape in s["matmul_rates"]["by_shape"]:
+        alone = shape["isolated_gflop_per_s"]
+        print(f"    {shape['call']:60s} {shape['calls_per_step']:5.1f}/step {shape['ms_per_call']:8.3f} ms  "
+              f"{shape['gflop_per_s']:7.1f} GFLOP/s" + (f"  (alone {alone:7.1f})" if alone is not None else ""))
     print(f"  top {TOP_OPS} ops by self CPU time per step:")
     for op in s["top_ops"]:
         print(f"    {op['op']:48s} {op['self_ms']:9.3f} ms  {op['calls']:7.1f} calls")
