@@ -234,6 +234,7 @@ def profile_batch(model: Any, rows: list[list[int]], max_new_tokens: int, stop_i
     summary["unprofiled_wall_ms"] = (plain_s - one_s) / max(1, n_forward) * 1e3
     # What the profiler itself adds per recorded op (it all lands in `overhead`)
     summary["profiler_us_per_op"] = (summary["wall_ms"] - summary["unprofiled_wall_ms"]) / summary["aten_ops_per_step"] * 1e3
+    summary["overhead_without_profiler_ms"] = summary["ms"]["overhead"] - (summary["wall_ms"] - summary["unprofiled_wall_ms"])
     return {"batch": len(rows), "prompt_tokens_max": max(len(r) for r in rows), "shared_prefix": decode.shared_prefix(rows),
             "generated_tokens": sum(len(o) for o in plain_out),
             "prefill_ms": sum(e.cpu_time_total for e in prefill) / 1e3, "unprofiled_total_s": plain_s,
@@ -252,6 +253,7 @@ def report(r: dict[str, Any], peak: float) -> None:
     print(f"  forward {s['forward_ms']:.3f} ms, outside it (choosing the token, bookkeeping) {s['outside_forward_ms']:.3f} ms")
     for c in CATEGORIES:
         print(f"  {c:12s} {s['ms'][c]:9.3f} ms  {100 * s['ms'][c] / s['wall_ms']:5.1f}%")
+    print(f"  (overhead less what the profiler added: {s['overhead_without_profiler_ms']:.3f} ms of the unprofiled step)")
     for what, rate in s["matmul_rates"].items():
         if what == "by_shape":
             continue
