@@ -10,7 +10,8 @@ recorded). decode.py labels the prefill and each decode step (record_function); 
 a token from the last logits, then one forward for the next. Per decode step (the mean over the
 steps that ran a forward) it prints the wall time split into:
 - matmul: the top-level aten::linear/mm/addmm/bmm/matmul calls, except the vocabulary head;
-- attention: aten::scaled_dot_product_attention with everything it calls;
+- attention: aten::scaled_dot_product_attention with everything it calls, or everything under
+  decode.py's attention label (its own single-query attention, used for greedy decode steps);
 - lm_head: the step's last linear (the vocabulary head, at the last position only);
 - other aten: every other top-level aten op (elementwise, RMSNorm, rotary, mask, cache writes, argmax);
 - overhead: the wall time outside any aten op (Python, module calls, HF's mask and cache bookkeeping,
@@ -105,10 +106,11 @@ def isolated_linear_rate(call: str, seconds: float = 0.2) -> float | None:
 
 
 def top_level_aten(event: Any) -> list[Any]:
-    """The aten ops under `event` that no other aten op called, in time order."""
+    """The aten ops under `event` that no other aten op called, in time order; decode.py's attention label
+    counts as one such op (what it runs is the attention)."""
     found: list[Any] = []
     for child in sorted(event.cpu_children, key=lambda e: e.time_range.start):
-        if child.name.startswith("aten::"):
+        if child.name.startswith("aten::") or child.name == decode.ATTENTION_LABEL:
             found.append(child)
         else:
             found.extend(top_level_aten(child))
@@ -141,7 +143,7 @@ def step_breakdown(step: Any) -> dict[str, Any]:
         elif e.name in MATMUL_OPS:
             ms["matmul"] += t
             flops["matmul"] += matmul_flops(e.name, e.input_shapes)
-        elif e.name == ATTENTION_OP:
+        elif e.name in (ATTENTION_OP, decode.ATTENTION_LABEL):
             ms["attention"] += t
         else:
             ms["other_aten"] += t

