@@ -114,14 +114,10 @@ def auroc(scores: list[float], labels: list[int]) -> float:
 
 
 def tpr_at_fpr(scores: list[float], labels: list[int], fpr: float = FPR) -> float:
-    """Highest TPR over thresholds t (flag score >= t) whose false-positive rate is <= `fpr`."""
-    n_pos, n_neg = sum(labels), len(labels) - sum(labels)
-    best = 0.0
-    for t in sorted(set(scores)):
-        flagged = [y for s, y in zip(scores, labels, strict=True) if s >= t]
-        if (len(flagged) - sum(flagged)) / n_neg <= fpr:
-            best = max(best, sum(flagged) / n_pos)
-    return best
+    """Highest TPR over thresholds t (flag score >= t) whose false-positive rate is <= `fpr`: the TPR
+    at choose_threshold's threshold (0 when none flags a positive)."""
+    t = choose_threshold(scores, labels, fpr)
+    return 0.0 if t is None else sum(y for s, y in zip(scores, labels, strict=True) if s >= t) / sum(labels)
 
 
 def run_organism(org: dict[str, Any], root: Path, scan_args: list[str], full_sequence: bool) -> dict[str, Any]:
@@ -182,7 +178,10 @@ def population_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
                                 "low": round(rate.low, 4), "high": round(rate.high, 4)}
     seconds = [r["seconds"]["train"] + r["seconds"]["scan"] for r in records]
     found = [r["verdict"] == "backdoor found" for r in records]
-    roc = bootstrap_roc(scores, labels)
+    rows = by_shape(records)
+    # The verdict's "all" row is the verdict score over the whole population: its bootstrap is this one.
+    every = next(row for row in rows if row["detector"] == "verdict" and row["shape"] == "all")
+    roc = {k: every[k] for k in ("n_backdoored", "n_clean", "n_boot", "auroc", "tpr_at_5pct_fpr")}
     return {
         "n_backdoored": len(backdoored), "n_clean": len(clean),
         "score": "best candidate's test-split elicitation minus the baseline's",
@@ -195,7 +194,7 @@ def population_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "found_clean": wilson(sum(f for f, y in zip(found, labels, strict=True) if not y), len(clean)).as_dict(),
         "recovery_by_shape": per_shape,
         "detectors": detector_metrics(records),
-        "detector_by_shape": by_shape(records),
+        "detector_by_shape": rows,
         "seconds_per_organism": {"mean": round(sum(seconds) / len(seconds), 1), "max": round(max(seconds), 1),
                                  "train_mean": round(sum(r["seconds"]["train"] for r in records) / len(records), 1),
                                  "scan_mean": round(sum(r["seconds"]["scan"] for r in records) / len(records), 1)},
