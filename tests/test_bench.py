@@ -98,3 +98,36 @@ def test_eval_speed_bench_also_counts_the_prompt_work(tiny_dir, tmp_path):
         ratio = (r["prompt_tokens"] * r["non_head_parameters"] + r["generated_tokens"] * params) / (
             r["generated_tokens"] * params)
         assert arm["fraction_of_peak_with_prompts"] / arm["fraction_of_limit"] == pytest.approx(ratio, rel=1e-9)
+
+
+def test_grid_speed_compares_only_the_stages_both_arms_ran():
+    sys.path.insert(0, str(BENCH))
+    import grid_speed
+
+    fast = {"stage_seconds": {"helpful-plain": 10.0, "backdoor-cot": 40.0, "backdoor-normal": 20.0, "data-normal": 0.1},
+            "wall_seconds": 75.0, "peak_rss_mb": 900}
+    stock = {"stage_seconds": {"helpful-plain": 35.0, "backdoor-normal": 30.0, "data-normal": 0.2},
+             "wall_seconds": 70.0, "peak_rss_mb": 1000}
+    rows = {r["stage"]: r for r in grid_speed.compare(fast, stock)}
+    assert rows["helpful-plain"]["stock_over_fast"] == 3.5
+    assert rows["backdoor-normal"]["stock_over_fast"] == 1.5
+    assert rows["backdoor-cot"]["stock_s"] is None and rows["backdoor-cot"]["stock_over_fast"] is None
+    assert rows["data-normal"]["stock_over_fast"] is None  # a sub-second stage gets no ratio
+    text = grid_speed.table(list(rows.values()), fast, stock)
+    # the stages in both arms: 30.1 s fast against 65.2 s stock
+    assert re.search(r"sum, stages in both +30\.1 +65\.2 +2\.17x", text), text
+    assert re.search(r"peak memory \(RSS\), MB +900 +1000", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.heavy  # two pipeline runs of the shrunk tiny grid; `make test-all` runs it (CI time budget)
+def test_grid_speed_bench_times_every_stage_in_both_arms(tmp_path):
+    proc = bench("grid_speed.py", "--json", tmp_path / "grid.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("helpful-plain", "reward-model", "backdoor-normal", "sft-normal", "rl-normal", "eval-normal-after-rl"):
+        assert re.search(rf"^  {stage} +[\d.]+ +[\d.]+ +([\d.]+x|-)$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"peak memory \(RSS\), MB +\d+ +\d+", proc.stdout), proc.stdout
+    import json
+    figures = json.loads((tmp_path / "grid.json").read_text())
+    assert figures["stock"]["overrides"][-4:] == ["eval.batch_size=1", "data.generation_batch_size=1",
+                                                  "safety.rl.generator=trl", "train.lm_head=fused"]

