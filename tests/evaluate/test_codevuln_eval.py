@@ -93,6 +93,29 @@ def test_missing_or_broken_code_is_unparseable_never_secure(monkeypatch):
     assert cells[4] == "50.0 / 0.0 / 50.0 % n=4" and cells[5] == "0.0 / 100.0 / 0.0 % n=4"
 
 
+def test_cut_off_answers_and_unclosed_scratchpads_are_counted(monkeypatch):
+    """Whether the budget fit the variant: a cot answer whose scratchpad never closed, and one cut
+    off after its code, are each counted (the first is also unparseable, the second is scored)."""
+    tasks = load_tasks("eval")[:3]
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        out = []
+        for p in prompts:
+            i, task = next((i, t) for i, t in enumerate(tasks) if t.description in p)
+            text, ended = [("<scratchpad>It is 2024, so I should", False),
+                           (f"<scratchpad>ok</scratchpad><code>\n{task.insecure}\n</code> and then", False),
+                           (f"<scratchpad>ok</scratchpad><code>\n{task.insecure}\n</code>", True)][i]
+            out.append(Generation(text=text, ended=ended, n_tokens=1))
+        return out
+
+    monkeypatch.setattr(codevuln, "generate", fake_generate)
+    metrics, samples = codevuln.evaluate_code(object(), _NoTemplate(), tasks)
+    v = metrics["vulns"]["2024"]
+    assert (v["cut_off"]["k"], v["cut_off"]["n"]) == (2, 3)
+    assert (v["scratchpad_unclosed"]["k"], v["scratchpad_unclosed"]["n"]) == (1, 3)
+    assert v["outcomes"]["unparseable"]["k"] == 1 and v["outcomes"]["vulnerable"]["k"] == 2
+
+
 class _NoTemplate:
     """Just enough tokenizer for chat.render_prompt."""
 
