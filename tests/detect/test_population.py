@@ -1,21 +1,16 @@
 """bench/detect_population.py: the population judge's metrics come from the verdicts, and a tiny
 population (2 + 2, smallest settings) runs end to end and resumes."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "detect_population.py"
+from bench_helpers import load_bench
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("detect_population", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("detect_population")
 
 
 def test_auroc_and_tpr_at_5pct_fpr_follow_the_ordering():

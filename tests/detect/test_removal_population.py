@@ -2,24 +2,14 @@
 control (plain fine-tuning), the control trains without a perturbation, and a one-organism run goes
 end to end through the real CLI and resumes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "removal_population.py"
+from bench_helpers import load_bench, rate
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("removal_population", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def rate(k, n):
-    return {"k": k, "n": n, "rate": k / n, "low": 0.0, "high": 1.0}
+    return load_bench("removal_population")
 
 
 def rec(organism, remover, before, after, *, on_topic=(10, 10), seconds=10.0, found="x"):

