@@ -119,10 +119,14 @@ def test_eval_speed_bench_also_counts_the_prompt_work(tiny_dir, tmp_path):
     from eval_speed import eval_prompts
 
     out = tmp_path / "speed.json"
-    proc = bench("eval_speed.py", "--model", tiny_dir, "--no-single", "--out", out)
+    proc = bench("eval_speed.py", "--model", tiny_dir, "--no-single", "--out", out, "--also-batch", 1)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(re.findall(r"% of the compute limit +[\d.]+% of it with prompts", proc.stdout)) == 2, proc.stdout
+    assert len(re.findall(r"% of the compute limit +[\d.]+% of it with prompts", proc.stdout)) == 3, proc.stdout
     r = json.loads(out.read_text())
+    # the fast loop again at batch 1: its own arm, and how many of its greedy outputs are the batch's
+    same = re.search(r"over batch 1: [\d.]+x   same greedy outputs at both batch sizes: (\d)/8", proc.stdout)
+    assert same and r["also_batch"]["identical_greedy_vs_fast"] == f"{same[1]}/8", proc.stdout
+    assert r["also_batch"]["batch_size"] == 1 and r["arms"][-1]["seconds"] == r["also_batch"]["seconds"] > 0
     tok, model = load_tokenizer(tiny_dir), load_model(tiny_dir)
     params = sum(p.numel() for p in model.parameters())
     vocab, hidden = model.config.vocab_size, model.config.hidden_size
@@ -132,6 +136,11 @@ def test_eval_speed_bench_also_counts_the_prompt_work(tiny_dir, tmp_path):
         ratio = (r["prompt_tokens"] * r["non_head_parameters"] + r["generated_tokens"] * params) / (
             r["generated_tokens"] * params)
         assert arm["fraction_of_peak_with_prompts"] / arm["fraction_of_limit"] == pytest.approx(ratio, rel=1e-9)
+
+
+def test_eval_speed_refuses_a_negative_batch_before_loading(tmp_path):
+    proc = bench("eval_speed.py", "--model", tmp_path / "no-such-model", "--also-batch", -1)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--also-batch" in proc.stderr, proc.stderr
 
 
 def test_grid_speed_compares_only_the_stages_both_arms_ran():
