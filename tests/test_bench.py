@@ -82,14 +82,32 @@ def test_train_speed_bench_compares_top_layers_with_every_parameter(tiny_dir):
 
 @pytest.mark.slow
 @pytest.mark.heavy  # a bench smoke run; `make test-all` runs it (CI time budget)
-def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir):
-    proc = bench("rl_speed.py", "--model", tiny_dir)
+def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir, tmp_path):
+    out = tmp_path / "rl.json"
+    proc = bench("rl_speed.py", "--model", tiny_dir, "--out", out)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for generator in ("trl", "fast"):
         assert re.search(rf"^{generator} +[\d.]+ s/step  \(first step [\d.]+ s\)  mean completion +[\d.]+ tokens of 8$",
                          proc.stdout, re.M), proc.stdout
     assert re.search(r"fast over trl: [\d.]+x per step", proc.stdout), proc.stdout
+    figures = json.loads(out.read_text())
+    assert [a["generator_ran"] for a in figures["arms"]] == ["trl", "fast"]
+    assert all(len(a["step_seconds"]) == 2 for a in figures["arms"])  # --quick: 2 steps per arm
+    trl, fast = (a["mean_seconds_after_first"] for a in figures["arms"])
+    assert figures["fast_over_trl_per_step"] == pytest.approx(trl / fast)
+    assert figures["versions"]["trl"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--steps", "0"), "--steps and --max-completion-length must be >= 1"),
+    (("--out", "no/such/folder/rl.json"), "--out no/such/folder/rl.json: its folder does not exist"),
+])
+def test_rl_speed_refuses_bad_input_before_loading(tiny_dir, args, message):
+    proc = subprocess.run([sys.executable, BENCH / "rl_speed.py", "--model", str(tiny_dir), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    assert "policy" not in proc.stdout  # refused before the run starts
 
 
 @pytest.mark.slow
