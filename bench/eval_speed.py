@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-batch", type=int, default=0, metavar="B",
                         help="time the fast loop again at batch B and compare its outputs with the first's")
     args = parser.parse_args(argv)
+
     def check() -> None:
         if args.also_batch < 0 or args.batch_size < 0:
             raise UserError("--batch-size and --also-batch must be >= 0")

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 8-token answers")
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     args = parser.parse_args(argv)
+
     def check() -> None:
         if args.steps < 1 or args.max_completion_length < 1:
             raise UserError("--steps and --max-completion-length must be >= 1")
