@@ -38,7 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from eval_speed import eval_prompts  # noqa: E402  (bench/ is this script's folder)
+from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
+from eval_speed import eval_prompts  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from train_speed import matmul_peak_flops  # noqa: E402
 
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, batch 4 and 8, 6 new tokens")
     args = parser.parse_args(argv)
-    try:
+
+    def check() -> None:
         if args.quick:
             args.model = args.model or TINY
             args.batch = [4, 8] if args.batch == [16, 64] else args.batch
@@ -293,10 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_new_tokens < 2:
             raise UserError(f"--max-new-tokens must be at least 2 (a decode step needs a token after the first), "
                             f"got {args.max_new_tokens}")
-        if args.out and not Path(args.out).resolve().parent.is_dir():
-            raise UserError(f"--out {args.out}: its folder does not exist")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        check_out(args.out)
+
+    if refused(check):
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     set_threads(0)

@@ -44,7 +44,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from decode_profile import MATMUL_OPS, matmul_flops  # noqa: E402  (bench/ is this script's folder)
+from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
+from decode_profile import MATMUL_OPS, matmul_flops  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from train_speed import backdoor_records, code_records, matmul_peak_flops  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -106,14 +107,11 @@ def breakdown(events: Any, wall_ms: float, steps: int, vocab: int) -> dict[str, 
     # Python-side parent); classify sees its own name through the stand-in root.
     classify(_Root(roots), "forward", vocab, found)
     ms = {p: dict.fromkeys(KINDS, 0.0) for p in PHASES}
-    flops = {p: 0 for p in PHASES}
     kind_flops: dict[tuple[str, str], int] = defaultdict(int)
     for phase, kind, e in found:
         ms[phase][kind] += e.cpu_time_total / 1e3 / steps
         if kind in ("matmul", "lm_head"):
-            f = matmul_flops(e.name, e.input_shapes or [])
-            flops[phase] += f
-            kind_flops[(phase, kind)] += f
+            kind_flops[(phase, kind)] += matmul_flops(e.name, e.input_shapes or [])
     aten_ms = sum(v for p in PHASES for v in ms[p].values())
     self_ms: dict[str, float] = defaultdict(float)
     calls: dict[str, float] = defaultdict(float)
@@ -126,7 +124,8 @@ def breakdown(events: Any, wall_ms: float, steps: int, vocab: int) -> dict[str, 
     top = sorted(self_ms.items(), key=lambda kv: -kv[1])[:TOP_OPS]
     matmul_ms = sum(ms[p][k] for p in PHASES for k in ("matmul", "lm_head"))
     return {"wall_ms": wall_ms, "ms": ms, "outside_aten_ms": wall_ms - aten_ms, "aten_ops_per_step": n_ops / steps,
-            "matmul_gflop_per_step": {p: flops[p] / steps / 1e9 for p in PHASES},
+            "matmul_gflop_per_step": {p: (kind_flops[(p, "matmul")] + kind_flops[(p, "lm_head")]) / steps / 1e9
+                                      for p in PHASES},
             # FLOPs per step by phase and kind (layers' matmuls vs the LM head), from the recorded shapes
             "matmul_flops_per_step": {p: {k: kind_flops[(p, k)] / steps for k in ("matmul", "lm_head")} for p in PHASES},
             "matmul_ms_per_step": matmul_ms,
@@ -191,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 4 steps, 1 profiled")
     args = parser.parse_args(argv)
-    try:
+    model_path = ""
+
+    def check() -> None:
+        nonlocal model_path
         args.model = args.model or (TINY if args.quick else EMBEDDED)
         args.steps = args.steps if args.steps is not None else 4 if args.quick else 6
         args.profile_steps = args.profile_steps if args.profile_steps is not None else 1 if args.quick else 2
@@ -200,12 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.profile_steps <= args.steps - 2:
             raise UserError(f"--profile-steps must be 1 to --steps - 2 (a warm-up step and an unprofiled one come "
                             f"first), got {args.profile_steps} of {args.steps}")
-        if args.out and not Path(args.out).resolve().parent.is_dir():
-            raise UserError(f"--out {args.out}: its folder does not exist")
+        check_out(args.out)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         model_path = resolve_model_path(args.model)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+
+    if refused(check):
         return 2
     tuned = False if args.glibc_defaults else allocator.tune()
     set_threads(0)
