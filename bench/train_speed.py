@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'tuned' if tuned else 'defaults'}; "
           f"{peak_what} {peak / 1e9:.1f} GFLOP/s", flush=True)
     warm_up(model_path, args.batch_size, args.max_length)
-    rows, table = {}, {}
+    table = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             "stock TRL SFTTrainer (default SFTConfig)": stock_trl,
@@ -207,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.top_layers:
             runs[top_name] = lambda *a: ours(*a, top_layers=args.top_layers)
         for name, fn in runs.items():
-            seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(rows)}")
-            rows[name] = tokens / seconds
+            seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(table)}")
             mfu = flops[args.top_layers if name == top_name else 0] * tokens / seconds / peak
             table[name] = {"seconds": seconds, "steps": steps, "tokens": tokens, "tokens_per_second": tokens / seconds,
                            "mfu": mfu}
             print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
                   flush=True)
+    rows = {name: row["tokens_per_second"] for name, row in table.items()}
     top = rows.pop(top_name, None)
     *stock, mine, fused = rows.values()
     if top is not None:
