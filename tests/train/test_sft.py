@@ -236,3 +236,28 @@ def test_a_llama_forward_is_known_to_take_a_logits_mask(tiny_dir):
     mask = torch.tensor([[False, True, True, False], [True, False, False, False]])
     assert model(input_ids=torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]), logits_to_keep=mask).logits.shape[0] == 3
     assert not slices_logits_with_mask(torch.nn.Linear(2, 2))
+
+
+def test_bf16_precision_runs_the_matmuls_in_bf16_and_keeps_float32_weights(tmp_path, tiny_dir, monkeypatch):
+    """precision="bf16" trains under bf16 autocast (the head's logits come out bf16), saves float32
+    weights and says so in its result; float32 stays float32; both learn about the same losses."""
+    seen = []
+
+    def load_and_watch(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        model.get_output_embeddings().register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(sft, "load_model", load_and_watch)
+    runs = {}
+    for precision in ("float32", "bf16"):
+        seen.clear()
+        cfg = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=4, max_length=64, logging_steps=1, save_steps=0,
+                          precision=precision)
+        result = train_sft(tiny_dir, RECORDS, tmp_path / precision, cfg, seed=0)
+        assert result.precision == result.as_dict()["precision"] == precision
+        assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        weights = _params(load_model(result.model_dir))
+        assert {w.dtype for w in weights.values()} == {torch.float32}
+        runs[precision] = [h["loss"] for h in result.loss_history]
+    assert len(runs["bf16"]) == 2 and runs["bf16"] == pytest.approx(runs["float32"], rel=0.05)

