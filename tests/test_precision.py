@@ -21,14 +21,15 @@ def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
     assert precision.cpu_native_bf16(cpuinfo) is native
 
 
-@pytest.mark.parametrize("text", ["train: {precision: bf16}\n", "safety: {adversarial: {sft: {precision: bf16}}}\n"])
-def test_bf16_where_it_would_be_emulated_is_one_line_naming_the_section(tmp_path, monkeypatch, text):
+@pytest.mark.parametrize("text, section", [("train: {precision: bf16}\n", "train"),
+                                           ("safety: {adversarial: {sft: {precision: bf16}}}\n", "safety.adversarial.sft"),
+                                           ("safety: {rl: {precision: bf16}}\n", "safety.rl")])
+def test_bf16_where_it_would_be_emulated_is_one_line_naming_the_section(tmp_path, monkeypatch, text, section):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     monkeypatch.setattr(precision, "bf16_missing", lambda: "this CPU has no bf16 arithmetic")
     with pytest.raises(UserError) as exc:
         load_config(path)
-    section = "train" if text.startswith("train") else "safety.adversarial.sft"
     assert str(exc.value) == f"{path}: {section}.precision bf16: this CPU has no bf16 arithmetic"
     for other in ("auto", "float32"):  # the check is for bf16 only
         assert load_config(None, [f"train.precision={other}"]).train.precision == other

