@@ -41,9 +41,11 @@ def test_top_layers_train_the_top_layer_and_leave_the_rest_byte_identical(tmp_pa
 
 def test_top_layers_at_0_leaves_every_fingerprint_as_it_was():
     """Stages finished before the field existed fingerprinted a dict without it: at 0 it is left out
-    (at any depth: safety.adversarial.sft), any other value is part of the fingerprint."""
+    (at any depth: safety.adversarial.sft), any other value is part of the fingerprint. `precision`
+    came later still and is left out at `auto` the same way (tests/test_precision.py)."""
     cfg = TrainConfig()
-    before = {k: v for k, v in asdict(cfg).items() if k not in SPEED_ONLY and k != "top_layers"}
+    later = ("top_layers", "precision")
+    before = {k: v for k, v in asdict(cfg).items() if k not in SPEED_ONLY and k not in later}
     assert settings(cfg) == before
     assert fingerprint({"train": settings(cfg)}) == fingerprint({"train": before})
     assert "top_layers" not in settings(AdversarialConfig())["sft"]
