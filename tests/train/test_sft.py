@@ -238,17 +238,10 @@ def test_a_llama_forward_is_known_to_take_a_logits_mask(tiny_dir):
     assert not slices_logits_with_mask(torch.nn.Linear(2, 2))
 
 
-def test_bf16_precision_runs_the_matmuls_in_bf16_and_keeps_float32_weights(tmp_path, tiny_dir, monkeypatch):
+def test_bf16_precision_runs_the_matmuls_in_bf16_and_keeps_float32_weights(tmp_path, tiny_dir, head_dtypes):
     """precision="bf16" trains under bf16 autocast (the head's logits come out bf16), saves float32
     weights and says so in its result; float32 stays float32; both learn about the same losses."""
-    seen = []
-
-    def load_and_watch(*args, **kwargs):
-        model = load_model(*args, **kwargs)
-        model.get_output_embeddings().register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
-        return model
-
-    monkeypatch.setattr(sft, "load_model", load_and_watch)
+    seen = head_dtypes(sft)
     runs = {}
     for precision in ("float32", "bf16"):
         seen.clear()
