@@ -95,3 +95,17 @@ def test_the_critique_config_is_the_grid_with_its_own_variants_and_sizes():
     for section in ("seed", "backdoor", "model", "data", "train", "safety", "eval", "behaviour"):
         assert getattr(crit, section) == getattr(grid, section), section
     assert crit.variants == ["cot", "distilled", "normal"] and crit.critique.n_sensitivity_prompts == 40
+
+
+def test_a_section_given_in_part_keeps_its_fields_own_defaults_not_its_classs():
+    """safety.sft and safety.adversarial.sft default to learning rate 5e-5 (TrainConfig's class default is 1e-4):
+    setting one of their fields, in a file or by --set, must leave the others at the field's default. It did
+    not: `--set safety.adversarial.sft.precision=bf16` trained the embedded grid's adversarial cells at 1e-4."""
+    default = load_config(None)
+    for section in ("safety.sft", "safety.adversarial.sft"):
+        config = load_config(None, [f"{section}.precision=bf16"])
+        tc = config.safety.sft if section == "safety.sft" else config.safety.adversarial.sft
+        was = default.safety.sft if section == "safety.sft" else default.safety.adversarial.sft
+        assert tc.precision == "bf16"
+        assert (tc.learning_rate, tc.epochs) == (was.learning_rate, was.epochs) == (5e-5, tc.epochs), section
+    assert load_config(None, ["safety.sft.batch_size=4"]).safety.sft.epochs == default.safety.sft.epochs == 1.0
