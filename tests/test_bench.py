@@ -148,6 +148,14 @@ def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir, tmp_path):
     trl, fast = (a["mean_seconds_after_first"] for a in figures["arms"])
     assert figures["fast_over_trl_per_step"] == pytest.approx(trl / fast)
     assert figures["versions"]["trl"]
+    # where each step went: every phase timed (a method TRL renamed would read 0.0), the phases add up to the step
+    for arm in figures["arms"]:
+        assert len(arm["phase_seconds"]) == len(arm["step_seconds"])
+        for step, phases in zip(arm["step_seconds"], arm["phase_seconds"], strict=True):
+            assert sum(phases.values()) == pytest.approx(step)
+            assert all(phases[k] > 0 for k in ("rollout", "reward", "loss forward", "backward", "optimizer")), phases
+            assert all(v > -0.01 for v in phases.values()), phases
+    assert len(re.findall(r"^ +rollout [\d.]+ s \(\d+%\), reward .*, other -?[\d.]+ s \(-?\d+%\)$", proc.stdout, re.M)) == 2
 
 
 @pytest.mark.slow
