@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = per_step["trl"] / per_step["fast"]
     rollout_ratio, head_ratio = per_step["trl"] / per_step["fast fused"], per_step["fast fused"] / per_step["fast"]
     print(f"fast over trl: {ratio:.2f}x per step (the rollout: fast fused over trl {rollout_ratio:.2f}x; "
-          f"the head: fast, lm_head {arms[2]['lm_head']}, over fast fused {head_ratio:.2f}x)")
+          f"the head: fast, lm_head {next(a['lm_head'] for a in arms if a['arm'] == 'fast')}, over fast fused "
+          f"{head_ratio:.2f}x)")
     if args.bf16:
         print(f"fast bf16 over fast: {per_step['fast'] / per_step['fast bf16']:.2f}x per step")
     if args.out:
