@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from datasets import Dataset
@@ -80,9 +82,11 @@ def _grpo_trainer(tmp_path, tiny_dir, *, rollout_func=None, do_sample=False, ext
                       num_generations=2, max_completion_length=10, report_to="none", bf16=False, use_cpu=True,
                       save_strategy="no", seed=0, generation_kwargs={"do_sample": do_sample},
                       temperature=temperature, entropy_coef=entropy_coef)
-    return (cls or GRPOTrainer)(model=model, reward_funcs=_trl_reward(_letter_e), args=args,
-                       train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}] * 4),
-                       processing_class=tokenizer, rollout_func=rollout_func)
+    with warnings.catch_warnings():  # as train_rl does: TRL calls rollout_func experimental (pinned, tested here)
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+        return (cls or GRPOTrainer)(model=model, reward_funcs=_trl_reward(_letter_e), args=args,
+                                    train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}] * 4),
+                                    processing_class=tokenizer, rollout_func=rollout_func)
 
 
 PROMPTS = ["Tell me about topic number 1.", "What is a good name for a cat?"]
